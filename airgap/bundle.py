@@ -1,0 +1,355 @@
+"""The bundle: an OCI layout in one tar stream, with the digest index first.
+
+Order inside (DESIGN.md): ``oci-layout``, ``airgap.json``, ``index.json``,
+``manifest.json``, then ``blobs/sha256/<hex>``: manifests and configs first,
+layers last. Readers see the whole index before the first layer byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import zstandard
+
+from airgap import archive
+from airgap.copy import ResolvedImage, docker_manifest
+from airgap.descriptor import Descriptor, Digest, HashingCheck, Platform
+from airgap.errors import BundleCorrupt, DigestMismatch
+from airgap.index import BlobRecord, DigestIndex, ImageRecord
+from airgap.manifest import OCI_INDEX, Manifest
+from airgap.media import AtomicOutput, base_name, write_side_file
+from airgap.progress import QUIET, Progress
+from airgap.reference import DOCKER_HUB
+from airgap.streams import Reader
+
+log = logging.getLogger(__name__)
+
+OCI_LAYOUT = b'{"imageLayoutVersion":"1.0.0"}'
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+HEADER_NAMES = ("oci-layout", "airgap.json", "index.json", "manifest.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackOptions:
+    compression: str = "zstd"
+    level: int = 3
+    threads: int = -1
+    platform: Platform = Platform("linux", "amd64")
+
+
+@dataclasses.dataclass
+class PackResult:
+    index: DigestIndex
+    path: str
+    size: int
+    sha256: str
+    uploaded: int
+
+
+def blob_name(digest: Digest) -> str:
+    return f"blobs/{digest.algorithm}/{digest.hex}"
+
+
+# -- writing ------------------------------------------------------------------
+
+
+class _Contents:
+    """Every blob of every image, once, in bundle order."""
+
+    def __init__(self, images: list[ResolvedImage]) -> None:
+        self.small: dict[Digest, bytes] = {}
+        self.records: dict[Digest, BlobRecord] = {}
+        self.layers: dict[Digest, tuple[ResolvedImage, Descriptor]] = {}
+        for image in images:
+            for digest, manifest in image.manifests.items():
+                self._add(digest, manifest.raw, manifest.media_type, "manifest")
+        for image in images:
+            config_types = {
+                m.config.digest: m.config.media_type
+                for m in image.manifests.values()
+                if m.config
+            }
+            for digest, data in image.configs.items():
+                self._add(digest, data, config_types.get(digest, ""), "config")
+        for image in images:
+            for digest, desc in image.layers.items():
+                if digest not in self.records:
+                    self.records[digest] = BlobRecord(
+                        digest, desc.size, desc.media_type, "layer"
+                    )
+                    self.layers[digest] = (image, desc)
+
+    def _add(self, digest: Digest, data: bytes, media_type: str, kind: str) -> None:
+        if digest not in self.records:
+            self.records[digest] = BlobRecord(digest, len(data), media_type, kind)
+            self.small[digest] = data
+
+
+def build_index(
+    images: list[ResolvedImage], contents: _Contents, platform: Platform
+) -> DigestIndex:
+    created = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return DigestIndex(
+        images=[image.record for image in images],
+        blobs=list(contents.records.values()),
+        created=created,
+        platform=str(platform),
+    )
+
+
+def oci_index(records: list[ImageRecord], sizes: dict[Digest, BlobRecord]) -> bytes:
+    """The OCI ``index.json`` naming every image by its target name."""
+    manifests = []
+    for record in records:
+        annotations = {
+            REF_NAME: record.target,
+            CONTAINERD_NAME: f"{_source_registry(record)}/{record.target}",
+        }
+        manifests.append(
+            {
+                "mediaType": record.media_type,
+                "digest": str(record.digest),
+                "size": sizes[record.digest].size,
+                "annotations": annotations,
+            }
+        )
+    return manifests_json(manifests)
+
+
+def manifests_json(manifests: list[dict[str, Any]]) -> bytes:
+    data = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": manifests}
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def docker_archive_manifest(images: list[ResolvedImage], platform: Platform) -> bytes:
+    """``manifest.json`` so that ``docker load`` takes the decompressed tar."""
+    entries = []
+    for image in images:
+        manifest = docker_manifest(
+            image.manifests, image.configs, image.record.digest, platform
+        )
+        if manifest is None or manifest.config is None:
+            continue
+        tag = image.record.target_tag
+        repo_tags = [f"{image.record.target}"] if tag else []
+        entries.append(
+            {
+                "Config": blob_name(manifest.config.digest),
+                "RepoTags": repo_tags,
+                "Layers": [blob_name(layer.digest) for layer in manifest.layers],
+            }
+        )
+    return (json.dumps(entries, indent=2) + "\n").encode()
+
+
+def write_bundle(
+    images: list[ResolvedImage],
+    path: str,
+    options: PackOptions,
+    progress: Progress = QUIET,
+) -> PackResult:
+    contents = _Contents(images)
+    index = build_index(images, contents, options.platform)
+    out = AtomicOutput(path)
+    try:
+        _write(out, images, contents, index, options, progress)
+        out.commit()
+    except BaseException:
+        out.abort()
+        raise
+    if path != "-":
+        _write_side_files(path, index, out)
+    return PackResult(index, path, out.size, out.sha256, 0)
+
+
+def _write(
+    out: AtomicOutput,
+    images: list[ResolvedImage],
+    contents: _Contents,
+    index: DigestIndex,
+    options: PackOptions,
+    progress: Progress,
+) -> None:
+    writer = archive.ArchiveWriter(
+        out,
+        options.compression,
+        options.level,
+        options.threads,
+    )
+    writer.add_bytes("oci-layout", OCI_LAYOUT)
+    writer.add_bytes("airgap.json", index.dumps())
+    writer.add_bytes("index.json", oci_index(index.images, contents.records))
+    writer.add_bytes("manifest.json", docker_archive_manifest(images, options.platform))
+    for digest, data in contents.small.items():
+        writer.add_bytes(blob_name(digest), data)
+    total = sum(desc.size for _, desc in contents.layers.values())
+    with progress.bytes_bar(total, "pack") as bar:
+        for digest, (image, desc) in contents.layers.items():
+            bar.set_postfix_str(image.record.source, refresh=False)
+            chunks = image.registry.open_blob(image.repository, desc)
+            reader = ChunkReader(chunks, on_read=bar.update)
+            writer.add_stream(blob_name(digest), desc.size, reader)
+            reader.finish()
+    writer.close()
+
+
+def _write_side_files(path: str, index: DigestIndex, out: AtomicOutput) -> None:
+    base = base_name(path)
+    name = path.rsplit("/", 1)[-1]
+    write_side_file(f"{base}.sha256", f"{out.sha256}  {name}\n".encode())
+    side = index.to_json()
+    side["files"] = [{"name": name, "digest": f"sha256:{out.sha256}", "size": out.size}]
+    write_side_file(f"{base}.index.json", (json.dumps(side, indent=2) + "\n").encode())
+
+
+def _source_registry(record: ImageRecord) -> str:
+    first = record.source.split("/", 1)[0]
+    return (
+        first if ("." in first or ":" in first or first == "localhost") else DOCKER_HUB
+    )
+
+
+class ChunkReader:
+    """A file-like view of a chunk iterator, for tarfile and requests."""
+
+    def __init__(self, chunks: Iterator[bytes], on_read: Any = None) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if n < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:n], self._buffer[n:]
+        if self._on_read and data:
+            self._on_read(len(data))
+        return data
+
+    def finish(self) -> None:
+        """Run the iterator to its end, so its final digest check runs."""
+        for extra in self._chunks:
+            if extra:
+                raise DigestMismatch(
+                    "the registry sent more bytes than the manifest says"
+                )
+
+
+# -- reading ------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Header:
+    index: DigestIndex
+    oci_index: bytes
+    docker_manifest: bytes | None
+
+
+class VerifiedStream:
+    """A bundle member read through its digest and size check."""
+
+    def __init__(self, member: archive.Member, record: BlobRecord, on_read: Any = None):
+        desc = Descriptor(record.media_type, record.digest, record.size)
+        self._stream = member.stream
+        self._check = HashingCheck(desc, f"blob {record.digest}")
+        self._done = False
+        self._on_read = on_read
+        if member.size != record.size:
+            raise BundleCorrupt(
+                f"blob {record.digest} is {member.size} bytes in the tar, "
+                f"{record.size} in airgap.json"
+            )
+
+    def __len__(self) -> int:
+        return self._check.expected.size
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._stream.read(n)
+        except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+            raise BundleCorrupt(f"the bundle is damaged or truncated: {exc}") from exc
+        self._check.update(data)
+        if self._on_read and data:
+            self._on_read(len(data))
+        if not data or self._check.size == self._check.expected.size:
+            self._verify()
+        return data
+
+    def read_all(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            data = self.read(archive.COPY_CHUNK)
+            if not data:
+                return b"".join(parts)
+            parts.append(data)
+
+    def finish(self) -> None:
+        while self.read(archive.COPY_CHUNK):
+            pass
+        self._verify()
+
+    def _verify(self) -> None:
+        if not self._done:
+            self._done = True
+            self._check.verify()
+
+
+class BundleReader:
+    """Reads a bundle front to back: the header, then each blob once."""
+
+    def __init__(self, stream: Reader, name: str) -> None:
+        self.name = name
+        self._members = archive.read_members(stream)
+        self._pending: archive.Member | None = None
+
+    def header(self) -> Header:
+        found: dict[str, bytes] = {}
+        for expected in HEADER_NAMES:
+            member = self._next()
+            if member is None or member.name != expected:
+                if expected == "manifest.json" and member is not None:
+                    self._pending = member
+                    break
+                got = member.name if member else "the end of the stream"
+                raise BundleCorrupt(
+                    f"{self.name}: expected {expected}, found {got}",
+                    "this is not an airgap bundle, or its start is damaged",
+                )
+            found[expected] = member.read_all()
+        index = DigestIndex.loads(found["airgap.json"], f"{self.name}: airgap.json")
+        return Header(index, found["index.json"], found.get("manifest.json"))
+
+    def blobs(self, index: DigestIndex) -> Iterator[tuple[BlobRecord, archive.Member]]:
+        table = {record.digest: record for record in index.blobs}
+        while (member := self._next()) is not None:
+            if not member.name.startswith("blobs/"):
+                raise BundleCorrupt(f"{self.name}: {member.name} after the blobs began")
+            digest = Digest("sha256", member.name.rsplit("/", 1)[1])
+            record = table.get(digest)
+            if record is None:
+                raise BundleCorrupt(f"{self.name}: blob {digest} is not in airgap.json")
+            yield record, member
+
+    def _next(self) -> archive.Member | None:
+        if self._pending is not None:
+            member, self._pending = self._pending, None
+            return member
+        return next(self._members, None)
+
+
+def manifests_in_order(
+    record: ImageRecord, manifests: dict[Digest, Manifest]
+) -> list[Manifest]:
+    return [manifests[d] for d in record.manifests]
