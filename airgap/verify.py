@@ -1,0 +1,81 @@
+"""verify and list: read a bundle offline, touching nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from airgap.bundle import BundleReader, Header, VerifiedStream
+from airgap.descriptor import Digest
+from airgap.errors import BundleCorrupt, IntegrityError
+from airgap.index import DigestIndex
+from airgap.manifest import Manifest
+from airgap.progress import QUIET, Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class VerifyResult:
+    index: DigestIndex
+    problems: list[str]
+    blobs: int
+    size: int
+
+
+def read_header(reader: BundleReader) -> Header:
+    return reader.header()
+
+
+def verify(reader: BundleReader, progress: Progress = QUIET) -> VerifyResult:
+    """Every blob's sha256 and size, and every reference of every manifest."""
+    index = reader.header().index
+    problems: list[str] = []
+    manifests: dict[Digest, Manifest] = {}
+    seen: set[Digest] = set()
+    size = 0
+    with progress.bytes_bar(sum(b.size for b in index.blobs), "verify") as bar:
+        try:
+            for record, member in reader.blobs(index):
+                if record.digest in seen:
+                    problems.append(f"blob {record.digest} is stored twice")
+                seen.add(record.digest)
+                stream = VerifiedStream(member, record, bar.update)
+                try:
+                    if record.kind == "manifest":
+                        manifests[record.digest] = Manifest.parse(stream.read_all())
+                    else:
+                        stream.finish()
+                except BundleCorrupt:
+                    raise
+                except IntegrityError as exc:
+                    problems.append(exc.message)
+                size += record.size
+        except BundleCorrupt as exc:
+            problems.append(exc.message)
+    problems += _graph_problems(index, manifests, seen)
+    return VerifyResult(index, problems, len(seen), size)
+
+
+def _graph_problems(
+    index: DigestIndex, manifests: dict[Digest, Manifest], seen: set[Digest]
+) -> list[str]:
+    problems = []
+    for blob in index.blobs:
+        if blob.digest not in seen:
+            problems.append(f"blob {blob.digest} ({blob.kind}) is missing")
+    for record in index.images:
+        needed = set(record.needs())
+        for digest in record.manifests:
+            manifest = manifests.get(digest)
+            if manifest is None:
+                continue
+            for desc in manifest.children + manifest.blobs:
+                if desc.digest not in needed:
+                    problems.append(
+                        f"{record.target}: manifest {digest} names {desc.digest}, "
+                        "which the digest index does not list for it"
+                    )
+        if record.digest not in record.manifests:
+            problems.append(f"{record.target}: its manifest is not in its graph")
+    return problems
