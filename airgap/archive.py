@@ -43,6 +43,7 @@ class ArchiveWriter:
             )
             self._compressor = params.stream_writer(sink, closefd=False)
             sink = self._compressor
+        self._pushed = self._pushing = 0
         self._tar = tarfile.open(
             fileobj=sink,
             mode="w|",
@@ -61,10 +62,43 @@ class ArchiveWriter:
         info.mtime = 0
         self._tar.addfile(info, reader)
 
+    def begin(self, name: str, size: int) -> None:
+        """Start a member whose bytes the caller then pushes with ``write``: for
+        content that is read by someone else (an upload) while it is teed here."""
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = size, 0o644, 0
+        header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
+        self._tar.fileobj.write(header)
+        self._tar.offset += len(header)
+        self._pushed = 0
+        self._pushing = size
+
+    def write(self, data: bytes) -> None:
+        self._pushed += len(data)
+        self._tar.fileobj.write(data)
+
+    def end(self) -> None:
+        if self._pushed != self._pushing:
+            raise BundleCorrupt(
+                f"member ended at {self._pushed} of {self._pushing} bytes"
+            )
+        blocks, remainder = divmod(self._pushing, tarfile.BLOCKSIZE)
+        if remainder:
+            self._tar.fileobj.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
+            blocks += 1
+        self._tar.offset += blocks * tarfile.BLOCKSIZE
+
+    def abandon(self) -> None:
+        """Drop the archive unfinished: no end-of-archive blocks are written, so
+        the reader sees a truncated tar and takes nothing from it."""
+        self._tar.fileobj.closed = True  # type: ignore[attr-defined]
+        self._tar.closed = True  # type: ignore[attr-defined]
+
     def close(self) -> None:
         self._tar.close()
         if self._compressor is not None:
-            self._compressor.flush(zstandard.FLUSH_FRAME)
+            # close() ends the frame; a flush(FLUSH_FRAME) first would add a second,
+            # empty frame, and a cut inside it would go unnoticed.
             self._compressor.close()
 
 
@@ -85,13 +119,19 @@ def read_members(source: Reader) -> Iterator[Member]:
     """The bundle's members in order. Raises BundleCorrupt on a damaged stream,
     a truncated one, or a member outside the allowlist."""
     try:
-        stream = _decompressed(source)
+        frames = _FrameCheck(source)
+        stream = _decompressed(frames)
         fileobj: Any = stream
         with tarfile.open(fileobj=fileobj, mode="r|", bufsize=COPY_CHUNK) as tar:
             for info in tar:
                 member = _admit(info, tar)
                 if member is not None:
                     yield member
+        # Read on to the end, so a zstd stream cut after the tar's last member is
+        # still seen to end inside its frame.
+        while stream.read(COPY_CHUNK):
+            pass
+        frames.check_end()
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
         raise BundleCorrupt(
             f"the bundle stream is damaged or truncated: {exc}"
@@ -146,3 +186,83 @@ class _Prefixed(io.RawIOBase):
         data = self._rest.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+class _FrameCheck:
+    """Passes bytes on; for a zstd stream it walks the frame and block headers,
+    so ``check_end`` can tell whether the input ended between frames. zstandard's
+    reader returns what it has at EOF without complaint, even with a frame's
+    last block or checksum cut off. The check waits for the end of the tar so
+    that every blob before the cut is still read, and checked, first."""
+
+    def __init__(self, source: Reader) -> None:
+        self._source = source
+        self._zstd: bool | None = None
+        self._problem: BundleCorrupt | None = None
+        self._step = self._magic
+        self._want = 4  # header bytes the current step needs
+        self._head = b""
+        self._skip = 0  # block content or checksum bytes still to pass
+        self._checksum = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._source.read(n)
+        if self._zstd is None and data:
+            self._zstd = data[:4] == ZSTD_MAGIC
+        if self._zstd and self._problem is None:
+            try:
+                self._walk(memoryview(data))
+            except BundleCorrupt as exc:
+                self._problem = exc
+        return data
+
+    def check_end(self) -> None:
+        if self._problem is not None:
+            raise self._problem
+        if self._zstd and (self._step != self._magic or self._head or self._skip):
+            raise BundleCorrupt("the bundle is truncated: it ends inside a zstd frame")
+
+    def _walk(self, view: memoryview) -> None:
+        while view:
+            if self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+                view = view[n:]
+                continue
+            n = self._want - len(self._head)
+            self._head += view[:n].tobytes()
+            view = view[n:]
+            if len(self._head) == self._want:
+                head, self._head = self._head, b""
+                self._step(head)
+
+    def _magic(self, head: bytes) -> None:
+        if head == ZSTD_MAGIC:
+            self._step, self._want = self._frame_header, 1
+        elif head[0] & 0xF0 == 0x50 and head[1:] == b"\x2a\x4d\x18":
+            self._step, self._want = self._skippable, 4
+        else:
+            raise BundleCorrupt("the bundle has bytes after its last zstd frame")
+
+    def _frame_header(self, head: bytes) -> None:
+        flags = head[0]
+        single_segment = bool(flags & 0x20)
+        self._checksum = bool(flags & 0x04)
+        dictionary = (0, 1, 2, 4)[flags & 0x03]
+        content_size = (1 if single_segment else 0, 2, 4, 8)[flags >> 6]
+        self._skip = (0 if single_segment else 1) + dictionary + content_size
+        self._step, self._want = self._block, 3
+
+    def _block(self, head: bytes) -> None:
+        value = int.from_bytes(head, "little")
+        kind, size = (value >> 1) & 0x03, value >> 3
+        if kind == 3:
+            raise BundleCorrupt("the bundle's zstd stream has an invalid block")
+        self._skip = 1 if kind == 1 else size  # an RLE block stores one byte
+        if value & 0x01:  # the frame's last block
+            self._skip += 4 if self._checksum else 0
+            self._step, self._want = self._magic, 4
+
+    def _skippable(self, head: bytes) -> None:
+        self._skip = int.from_bytes(head, "little")
+        self._step, self._want = self._magic, 4

@@ -6,6 +6,7 @@ from typing import Any
 
 import click
 
+from airgap.bootstrap import Bootstrap, RegistrySpec
 from airgap.bundle import PackOptions
 from airgap.cli import (
     SETTINGS,
@@ -18,10 +19,12 @@ from airgap.cli import (
     parse_platforms,
     registry_options,
 )
+from airgap.daemon import Daemon
 from airgap.descriptor import Platform
 from airgap.errors import IntegrityError, UsageError
 from airgap.imagelist import load as load_image_list
 from airgap.index import DigestIndex
+from airgap.load import DockerLoader
 from airgap.pack import bundle_platform, pack
 from airgap.registry import RegistryPool
 from airgap.unpack import UnpackIncomplete, target_name, unpack
@@ -76,6 +79,11 @@ from airgap.verify import verify
     metavar="OS/ARCH[/VARIANT]",
     help="Platform written to manifest.json for docker load.",
 )
+@click.option(
+    "--from-docker",
+    is_flag=True,
+    help="Export the listed images from the local Docker daemon (docker save).",
+)
 @registry_options
 @common
 def pack_command(
@@ -87,6 +95,7 @@ def pack_command(
     mirror: tuple[str, ...],
     platforms: tuple[str, ...],
     docker_platform: str | None,
+    from_docker: bool,
     pool_options: dict[str, Any],
 ) -> None:
     """Pull every image of LIST (and the registry image) into one bundle."""
@@ -97,7 +106,9 @@ def pack_command(
     options = PackOptions(
         compression, level, threads, bundle_platform(images, chosen, selected)
     )
-    result = pack(images, output, pool, options, selected, SETTINGS.progress)
+    result = pack(
+        images, output, pool, options, selected, SETTINGS.progress, from_docker
+    )
     index = result.index
     emit(
         {
@@ -129,6 +140,41 @@ def pack_command(
     metavar="SIZE",
     help="Upload blobs in chunks of SIZE (for proxies that cap bodies).",
 )
+@click.option(
+    "--load",
+    is_flag=True,
+    help="Load the images into the local Docker daemon (with or without --registry).",
+)
+@click.option(
+    "--start-registry",
+    is_flag=True,
+    help="When nothing answers at --registry, start the bundled "
+    "registry image in the local Docker daemon.",
+)
+@click.option(
+    "--registry-name",
+    default="registry",
+    show_default=True,
+    help="Container name for --start-registry.",
+)
+@click.option(
+    "--registry-data",
+    metavar="DIR",
+    help="Host directory for the registry's storage (default: a "
+    "named volume NAME-data).",
+)
+@click.option(
+    "--registry-network",
+    metavar="NETWORK",
+    help="Docker network for the registry ('host' for daemons without a bridge).",
+)
+@click.option(
+    "--registry-htpasswd",
+    metavar="FILE",
+    help="Require logins from this htpasswd file (bcrypt).",
+)
+@click.option("--registry-tls-cert", metavar="FILE", help="Serve TLS with this cert.")
+@click.option("--registry-tls-key", metavar="FILE", help="Key of --registry-tls-cert.")
 @registry_options
 @common
 def unpack_command(
@@ -136,24 +182,45 @@ def unpack_command(
     registry: str | None,
     prefix: str,
     chunk_size: str | None,
+    load: bool,
+    start_registry: bool,
     pool_options: dict[str, Any],
+    **registry_spec: str | None,
 ) -> None:
-    """Verify BUNDLE and push every image into a registry."""
-    if not registry:
-        raise UsageError("unpack needs --registry HOST[:PORT]")
-    target = RegistryPool(**pool_options).get(registry)
-    if chunk_size:
+    """Verify BUNDLE and push every image into a registry (or load it into
+    Docker)."""
+    if not registry and not load:
+        raise UsageError(
+            "unpack needs --registry HOST[:PORT] or --load",
+            "e.g. airgap unpack B --registry localhost:5000 --start-registry",
+        )
+    target = RegistryPool(**pool_options).get(registry) if registry else None
+    if target and chunk_size:
         target.chunk_size = parse_size(chunk_size)
+    spec = RegistrySpec(
+        name=registry_spec["registry_name"] or "registry",
+        data=registry_spec["registry_data"],
+        network=registry_spec["registry_network"],
+        htpasswd=registry_spec["registry_htpasswd"],
+        tls_cert=registry_spec["registry_tls_cert"],
+        tls_key=registry_spec["registry_tls_key"],
+    )
+    bootstrap = Bootstrap(target, spec) if target and start_registry else None
+    loader = _docker_loader if load else None
     reader = open_bundle(bundle)
     try:
-        result = unpack(reader, target, prefix, SETTINGS.progress)
+        result = unpack(reader, target, prefix, SETTINGS.progress, bootstrap, loader)
     except UnpackIncomplete as exc:
         _emit_unpack(exc.result, registry)
         raise
     _emit_unpack(result, registry)
 
 
-def _emit_unpack(result: Any, registry: str) -> None:
+def _docker_loader(index: DigestIndex, names: dict[int, str]) -> DockerLoader:
+    return DockerLoader(Daemon.connect(), index, names)
+
+
+def _emit_unpack(result: Any, registry: str | None) -> None:
     emit(
         {
             "registry": registry,
@@ -165,10 +232,15 @@ def _emit_unpack(result: Any, registry: str) -> None:
                 }
                 for item in result.landed
             ],
+            "loaded": [
+                {"name": name, "imageId": image_id, "source": record.source}
+                for record, name, image_id in result.loaded
+            ],
             "broken": result.broken,
             "uploadedBytes": result.uploaded,
         },
-        [f"{registry}/{item.reference} {item.record.digest}" for item in result.landed],
+        [f"{registry}/{item.reference} {item.record.digest}" for item in result.landed]
+        + [f"docker: {name} {image_id}" for _, name, image_id in result.loaded],
     )
 
 

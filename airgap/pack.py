@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import tempfile
+from pathlib import Path
 
 from airgap.bundle import PackOptions, PackResult, write_bundle
 from airgap.copy import ResolvedImage, Resolver
+from airgap.daemon import Daemon
 from airgap.descriptor import Platform
+from airgap.dockersource import resolve_from_docker
 from airgap.imagelist import ImageList
 from airgap.progress import QUIET, Progress
 from airgap.registry import RegistryPool
@@ -16,10 +20,27 @@ log = logging.getLogger(__name__)
 
 
 def resolve_all(
-    images: ImageList, pool: RegistryPool, platforms: tuple[Platform, ...] | None
+    images: ImageList,
+    pool: RegistryPool,
+    platforms: tuple[Platform, ...] | None,
+    work: Path,
+    from_docker: bool = False,
 ) -> list[ResolvedImage]:
+    """Every entry's graph: from its registry, or exported from the local
+    daemon for ``source: docker`` entries (all listed ones with --from-docker)."""
     resolver = Resolver(pool, platforms or images.platforms)
-    return [resolver.resolve(entry) for entry in images.all_entries()]
+    daemon: Daemon | None = None
+    resolved = []
+    for entry in images.all_entries():
+        local = entry.source == "docker" or (
+            from_docker and not entry.is_registry_image
+        )
+        if not local:
+            resolved.append(resolver.resolve(entry))
+            continue
+        daemon = daemon or Daemon.connect()
+        resolved.append(resolve_from_docker(entry, daemon, work / str(len(resolved))))
+    return resolved
 
 
 def bundle_platform(
@@ -40,10 +61,12 @@ def pack(
     options: PackOptions,
     platforms: tuple[Platform, ...] | None = None,
     progress: Progress = QUIET,
+    from_docker: bool = False,
 ) -> PackResult:
-    resolved = resolve_all(images, pool, platforms)
-    log.info("writing %d images to %s", len(resolved), output)
-    return write_bundle(resolved, output, options, progress)
+    with tempfile.TemporaryDirectory(prefix="airgap-pack-") as work:
+        resolved = resolve_all(images, pool, platforms, Path(work), from_docker)
+        log.info("writing %d images to %s", len(resolved), output)
+        return write_bundle(resolved, output, options, progress)
 
 
 def with_platform(options: PackOptions, platform: Platform) -> PackOptions:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+from airgap.errors import DigestMismatch
 
 
 class Reader(Protocol):
@@ -13,3 +16,34 @@ class Writer(Protocol):
     def write(self, data: bytes, /) -> int: ...
 
     def flush(self) -> None: ...
+
+
+class ChunkReader:
+    """A file-like view of a chunk iterator, for tarfile and requests."""
+
+    def __init__(self, chunks: Iterator[bytes], on_read: Any = None) -> None:
+        self._chunks = chunks
+        self._buffer = b""
+        self._on_read = on_read
+
+    def read(self, n: int = -1) -> bytes:
+        while n < 0 or len(self._buffer) < n:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer += chunk
+        if n < 0:
+            data, self._buffer = self._buffer, b""
+        else:
+            data, self._buffer = self._buffer[:n], self._buffer[n:]
+        if self._on_read and data:
+            self._on_read(len(data))
+        return data
+
+    def finish(self) -> None:
+        """Run the iterator to its end, so its final digest check runs."""
+        for extra in self._chunks:
+            if extra:
+                raise DigestMismatch(
+                    "the registry sent more bytes than the manifest says"
+                )

@@ -5,13 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
 
+from airgap import archive
+from airgap.bootstrap import Bootstrap, check_local, registry_record, spool_dir
 from airgap.bundle import BundleReader, VerifiedStream
 from airgap.copy import BlobPlacer, push_manifests
 from airgap.descriptor import Descriptor, Digest
-from airgap.errors import AirgapError, BundleCorrupt, IntegrityError
+from airgap.errors import (
+    AirgapError,
+    BundleCorrupt,
+    IntegrityError,
+    RegistryUnreachable,
+)
 from airgap.index import BlobRecord, DigestIndex, ImageRecord, split_target
+from airgap.load import DockerLoader
 from airgap.manifest import Manifest
 from airgap.progress import QUIET, Progress
 from airgap.registry import Registry
@@ -37,6 +48,7 @@ class UnpackResult:
     broken: dict[str, str]
     uploaded: int = 0
     skipped: int = 0
+    loaded: list[tuple[ImageRecord, str, str]] = dataclasses.field(default_factory=list)
 
 
 def target_name(record: ImageRecord, prefix: str = "") -> tuple[str, str | None]:
@@ -99,41 +111,172 @@ class _Unpacker:
 
 def unpack(
     reader: BundleReader,
-    target: Registry,
+    target: Registry | None,
     prefix: str = "",
     progress: Progress = QUIET,
+    bootstrap: Bootstrap | None = None,
+    load: Callable[[DigestIndex, dict[int, str]], DockerLoader] | None = None,
 ) -> UnpackResult:
-    header = reader.header()
-    index = header.index
-    work = _Unpacker(target, index, prefix)
-    target.ping()
+    """Push into ``target`` (started first by ``bootstrap`` when nothing answers
+    there), and/or load into Docker through the loader ``load`` makes."""
+    index = reader.header().index
+    work = _Unpacker(target, index, prefix) if target else None
+    spool = (
+        _Spool(bootstrap, index) if target and not _ready(target, bootstrap) else None
+    )
+    loader = load(index, docker_names(index, prefix)) if load else None
+    bad: dict[Digest, str] = work.bad if work else {}
     seen: set[Digest] = set()
     damaged: AirgapError | None = None
-    total = sum(b.size for b in index.blobs)
-    with progress.bytes_bar(total, "unpack") as bar:
-        current: Digest | None = None
+    current: Digest | None = None
+    with progress.bytes_bar(sum(b.size for b in index.blobs), "unpack") as bar:
         try:
             for record, member in reader.blobs(index):
                 current = record.digest
                 seen.add(current)
+                tee = loader.tee_for(record) if loader else None
+                stream = VerifiedStream(member, record, bar.update, tee)
                 try:
-                    work.take(record, VerifiedStream(member, record, bar.update))
+                    if spool and work:
+                        spool = spool.take(record, stream, work)
+                    elif work:
+                        work.take(record, stream)
+                    else:
+                        stream.finish()
                 except BundleCorrupt:
                     raise
                 except IntegrityError as exc:
-                    work.bad[current] = exc.message
+                    bad[current] = exc.message
+                # Read whole: damage found after this point is not this blob's.
+                current = None
+                if loader:
+                    loader.blob_done(record)
         except BundleCorrupt as exc:
             damaged = exc
             if current is not None:
-                work.bad[current] = exc.message
+                bad[current] = exc.message
     for blob in index.blobs:
         if blob.digest not in seen:
-            work.bad.setdefault(blob.digest, "missing from the bundle")
-    landed, broken = work.push_images()
-    result = UnpackResult(target.display, landed, broken, work.uploaded, work.skipped)
+            bad.setdefault(blob.digest, "missing from the bundle")
+    loaded = _finish_load(loader, bad, damaged)
+    if spool is not None:
+        spool.close()
+        raise damaged or spool.never_started()
+    landed, broken = work.push_images() if work else ([], {})
+    name = target.display if target else "docker"
+    result = UnpackResult(
+        name,
+        landed,
+        broken,
+        work.uploaded if work else 0,
+        work.skipped if work else 0,
+        loaded,
+    )
     if broken or damaged:
         raise UnpackIncomplete(result, damaged)
     return result
+
+
+def docker_names(index: DigestIndex, prefix: str) -> dict[int, str]:
+    names = {}
+    for record in index.images:
+        repo, tag = target_name(record, prefix)
+        if tag:
+            names[id(record)] = f"{repo}:{tag}"
+    return names
+
+
+def _ready(target: Registry, bootstrap: Bootstrap | None) -> bool:
+    """Whether the target answers; with --start-registry, an existing container
+    of our name is started or reused first."""
+    try:
+        target.ping()
+        return True
+    except RegistryUnreachable:
+        if bootstrap is None:
+            raise
+    check_local(target.host)
+    if bootstrap.reuse_existing():
+        return True
+    return False
+
+
+def _finish_load(
+    loader: DockerLoader | None, bad: dict[Digest, str], damaged: AirgapError | None
+) -> list[tuple[ImageRecord, str, str]]:
+    if loader is None:
+        return []
+    if damaged or bad:
+        loader.abort()
+        first = next(iter(bad.items()), None)
+        if damaged:
+            raise damaged
+        assert first is not None
+        raise IntegrityError(
+            f"nothing loaded into Docker: blob {first[0]}: {first[1]}",
+            "run 'airgap verify' on the bundle and copy it again",
+        )
+    return loader.finish()
+
+
+class _Spool:
+    """Holds verified blobs on disk until the bundled registry is up, then
+    hands them to the unpacker as if they had just arrived."""
+
+    def __init__(self, bootstrap: Bootstrap | None, index: DigestIndex) -> None:
+        assert bootstrap is not None
+        registry_record(index)
+        self.bootstrap = bootstrap
+        self.index = index
+        self.dir = spool_dir()
+        self.paths: dict[Digest, Path] = {}
+        self.records: list[BlobRecord] = []
+        self.configs: dict[Digest, bytes] = {}
+
+    def take(
+        self, record: BlobRecord, stream: VerifiedStream, work: _Unpacker
+    ) -> _Spool | None:
+        """Keep one blob; start the registry once its image is complete.
+        Returns None once the spool has been handed over."""
+        if record.kind == "manifest":
+            work.take(record, stream)
+            return self
+        path = self.dir / record.digest.hex
+        with open(path, "wb") as out:
+            while data := stream.read(1 << 20):
+                out.write(data)
+        stream.finish()
+        self.paths[record.digest] = path
+        self.records.append(record)
+        if record.kind == "config":
+            self.configs[record.digest] = path.read_bytes()
+        wanted = self.bootstrap.needs(self.index, work.manifests, self.configs)
+        if wanted is None or not self._complete(wanted[1]):
+            return self
+        self.bootstrap.start(wanted[0], wanted[1], self.paths)
+        self._hand_over(work)
+        return None
+
+    def _complete(self, manifest: Manifest) -> bool:
+        return all(d.digest in self.paths for d in manifest.blobs)
+
+    def _hand_over(self, work: _Unpacker) -> None:
+        for record in self.records:
+            path = self.paths[record.digest]
+            with open(path, "rb") as blob:
+                member = archive.Member(str(path), record.size, blob)
+                work.take(record, VerifiedStream(member, record))
+        self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def never_started(self) -> AirgapError:
+        return BundleCorrupt(
+            "the bundle ended before the registry image was complete; "
+            "nothing was pushed",
+            "run 'airgap verify' on the bundle",
+        )
 
 
 class UnpackIncomplete(IntegrityError):

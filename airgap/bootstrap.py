@@ -1,0 +1,286 @@
+"""unpack --start-registry: when nothing answers at the target, start the
+bundle's own registry image in the local Docker daemon, as a user would with
+
+    docker run -d -p PORT:5000 --restart=always --name registry \\
+        -v DATA:/var/lib/registry registry:2
+
+A container of that name that already exists is reused when running and started
+when stopped; it is never replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from airgap import archive
+from airgap.bundle import blob_name
+from airgap.copy import docker_manifest
+from airgap.daemon import Daemon
+from airgap.descriptor import Digest
+from airgap.errors import AirgapError, RegistryUnreachable, UsageError
+from airgap.index import DigestIndex, ImageRecord
+from airgap.manifest import Manifest
+from airgap.registry import Registry
+from airgap.transport import is_loopback
+
+log = logging.getLogger(__name__)
+
+REGISTRY_PORT = 5000
+DATA_DIR = "/var/lib/registry"
+READY_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RegistrySpec:
+    name: str = "registry"
+    data: str | None = None
+    network: str | None = None
+    htpasswd: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def check(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise UsageError(
+                "--registry-tls-cert and --registry-tls-key go together",
+                "pass both the certificate and its key",
+            )
+        for path in (self.htpasswd, self.tls_cert, self.tls_key):
+            if path and not Path(path).is_file():
+                raise UsageError(f"{path} is not a file")
+
+
+class Bootstrap:
+    """Brings up the registry the unpack will push into."""
+
+    def __init__(self, target: Registry, spec: RegistrySpec) -> None:
+        spec.check()
+        self.target = target
+        self.spec = spec
+        self.host, self.port = _host_port(target.host)
+        self._daemon: Daemon | None = None
+
+    @property
+    def daemon(self) -> Daemon:
+        if self._daemon is None:
+            self._daemon = Daemon.connect()
+        return self._daemon
+
+    def reuse_existing(self) -> bool:
+        """Start or reuse a container of our name; False when there is none."""
+        container = self.daemon.container(self.spec.name)
+        if container is None:
+            return False
+        if container.status != "running":
+            log.info("starting the stopped registry container %s", self.spec.name)
+            container.start()
+        else:
+            log.info("reusing the running registry container %s", self.spec.name)
+        self._wait(container)
+        return True
+
+    def needs(
+        self,
+        index: DigestIndex,
+        manifests: dict[Digest, Manifest],
+        configs: dict[Digest, bytes],
+    ) -> tuple[ImageRecord, Manifest] | None:
+        """The bundled registry image for this daemon's platform, once its
+        manifests and config have been read; None until then."""
+        record = registry_record(index)
+        platform = self.daemon.platform()
+        manifest = docker_manifest(manifests, configs, record.digest, platform)
+        if manifest is None and _configs_read(index, record, configs):
+            raise AirgapError(
+                f"the bundled registry image {record.source} has no {platform} variant",
+                "pack again with a registry image for this platform",
+            )
+        return (record, manifest) if manifest else None
+
+    def start(
+        self, record: ImageRecord, manifest: Manifest, blob_path: dict[Digest, Path]
+    ) -> None:
+        self._load(record, manifest, blob_path)
+        container = self._run(record.target)
+        self._wait(container)
+
+    # -- internals --------------------------------------------------------------
+
+    def _load(
+        self, record: ImageRecord, manifest: Manifest, blob_path: dict[Digest, Path]
+    ) -> None:
+        assert manifest.config is not None
+        entry = {
+            "Config": blob_name(manifest.config.digest),
+            "RepoTags": [record.target],
+            "Layers": [blob_name(layer.digest) for layer in manifest.layers],
+        }
+        with tempfile.TemporaryFile() as tar:
+            writer = archive.ArchiveWriter(tar, compression="none")
+            for desc in [manifest.config, *manifest.layers]:
+                with open(blob_path[desc.digest], "rb") as blob:
+                    writer.add_stream(blob_name(desc.digest), desc.size, blob)
+            writer.add_bytes("manifest.json", json.dumps([entry]).encode())
+            writer.close()
+            tar.seek(0)
+            log.info("loading the bundled registry image %s", record.target)
+            self.daemon.load(tar)
+        loaded = self.daemon.image_id(record.target)
+        if loaded != str(manifest.config.digest):
+            raise AirgapError(
+                f"docker loaded {record.target} as {loaded}, "
+                f"expected {manifest.config.digest}"
+            )
+
+    def _run(self, image: str) -> Any:
+        options = self._run_options()
+        log.info("starting registry container %s on port %d", self.spec.name, self.port)
+        try:
+            return self.daemon.client.containers.run(image, **options)
+        except docker.errors.APIError as exc:
+            raise AirgapError(
+                f"docker could not start the registry container: {exc.explanation}",
+                "is the port taken? pick another with --registry HOST:PORT",
+            ) from exc
+
+    def _run_options(self) -> dict[str, Any]:
+        env, volumes = self._env_and_mounts()
+        options: dict[str, Any] = {
+            "detach": True,
+            "name": self.spec.name,
+            "restart_policy": {"Name": "always"},
+            "environment": env,
+            "volumes": volumes,
+        }
+        bind = self._bind_address()
+        if self.spec.network == "host":
+            options["network_mode"] = "host"
+            env["REGISTRY_HTTP_ADDR"] = f"{bind}:{self.port}"
+        else:
+            if self.spec.network:
+                options["network"] = self.spec.network
+            options["ports"] = {f"{REGISTRY_PORT}/tcp": (bind, self.port)}
+        return options
+
+    def _env_and_mounts(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        data = self.spec.data
+        source = str(Path(data).resolve()) if data else f"{self.spec.name}-data"
+        if data:
+            Path(source).mkdir(parents=True, exist_ok=True)
+        volumes = {source: {"bind": DATA_DIR, "mode": "rw"}}
+        env: dict[str, str] = {}
+        if self.spec.htpasswd:
+            volumes[str(Path(self.spec.htpasswd).resolve())] = {
+                "bind": "/auth/htpasswd",
+                "mode": "ro",
+            }
+            env.update(
+                REGISTRY_AUTH="htpasswd",
+                REGISTRY_AUTH_HTPASSWD_REALM="airgap registry",
+                REGISTRY_AUTH_HTPASSWD_PATH="/auth/htpasswd",
+            )
+        if self.spec.tls_cert and self.spec.tls_key:
+            for name, path in (
+                ("cert.pem", self.spec.tls_cert),
+                ("key.pem", self.spec.tls_key),
+            ):
+                volumes[str(Path(path).resolve())] = {
+                    "bind": f"/certs/{name}",
+                    "mode": "ro",
+                }
+            env.update(
+                REGISTRY_HTTP_TLS_CERTIFICATE="/certs/cert.pem",
+                REGISTRY_HTTP_TLS_KEY="/certs/key.pem",
+            )
+        return env, volumes
+
+    def _bind_address(self) -> str:
+        # A loopback target stays on loopback; a local address serves the site.
+        if self.host == "localhost":
+            return "127.0.0.1"
+        return self.host if is_loopback(self.host) else "0.0.0.0"
+
+    def _wait(self, container: Any) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            try:
+                self.target.ping()
+                return
+            except RegistryUnreachable:
+                container.reload()
+                if container.status == "exited" or time.monotonic() > deadline:
+                    raise self._not_ready(container) from None
+                time.sleep(0.3)
+
+    def _not_ready(self, container: Any) -> AirgapError:
+        logs = container.logs(tail=10).decode(errors="replace").strip()
+        tail = " | ".join(line for line in logs.splitlines()[-5:] if line)
+        return RegistryUnreachable(
+            f"registry container {self.spec.name} ({container.status}) does not "
+            f"answer at {self.target.host}: {tail or 'no log output'}",
+            f"see 'docker logs {self.spec.name}'; is port {self.port} free?",
+        )
+
+
+def registry_record(index: DigestIndex) -> ImageRecord:
+    for record in index.images:
+        if record.registry_image:
+            return record
+    raise UsageError(
+        "the bundle carries no registry image, so --start-registry cannot start one",
+        "pack with a registry image (registry-image in the list), or start a "
+        "registry yourself",
+    )
+
+
+def check_local(host: str) -> None:
+    name, _ = _host_port(host)
+    if is_loopback(name) or _is_own_address(name):
+        return
+    raise UsageError(
+        f"--start-registry starts a registry on this host, but {host} is not local",
+        "use --registry localhost:PORT or one of this host's addresses",
+    )
+
+
+def _is_own_address(name: str) -> bool:
+    try:
+        address = socket.gethostbyname(name)
+        ipaddress.ip_address(address)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((address, 0))
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _host_port(host: str) -> tuple[str, int]:
+    name, sep, port = host.rpartition(":")
+    if not sep or not port.isdigit() or name.endswith(":"):
+        raise UsageError(
+            f"--start-registry needs a port in --registry: {host}",
+            f"write --registry {host}:{REGISTRY_PORT}",
+        )
+    return name.strip("[]"), int(port)
+
+
+def _configs_read(
+    index: DigestIndex, record: ImageRecord, configs: dict[Digest, bytes]
+) -> bool:
+    kinds = {b.digest: b.kind for b in index.blobs}
+    return all(d in configs for d in record.blobs if kinds.get(d) == "config")
+
+
+def spool_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="airgap-spool-", dir=os.environ.get("TMPDIR")))
