@@ -5,7 +5,9 @@
 #   1. two local registries: "upstream" (plays docker.io) and "isolated";
 #   2. real, runnable images built from Debian packages, pushed to upstream;
 #   3. airgap pack -> verify -> list -> unpack into the isolated registry;
-#   4. every manifest digest read back from both registries and compared.
+#   4. the bundle checked to hold the layer the images share once;
+#   5. every manifest digest read back from both registries and compared with
+#      the one the bundle records.
 #
 # Run it as root (or with sudo) from anywhere: bash scripts/demo.sh
 # Everything it makes is under demo-work/, wiped at each start.
@@ -26,8 +28,12 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json"
 
+# The registries are stopped however the demo ends: success, failure, Ctrl-C
+# or kill (a signal becomes an exit, so the EXIT trap runs).
 trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
 trap stop_registries EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # --- Debian packages into root filesystems ------------------------------------
 
@@ -124,11 +130,9 @@ copy_with_target() {
     fi
 }
 
-# stage IMAGE LAYER_DIR...: the root filesystem an image will carry, under
-# $WORK/stage/IMAGE. TODO: imagebuild.py push-dir takes a single --dir, so the
-# layers are merged into one here and hello and registry:2 each carry their own
-# copy of busybox. Once push-dir takes --dir once per layer, pass them through
-# and the busybox layer is one shared blob, stored once in the bundle.
+# stage IMAGE LAYER_DIR...: the layers merged under $WORK/stage/IMAGE, as a
+# container would see them, for the smoke test. The image itself is pushed layer
+# by layer, so the busybox layer is one blob that three images share.
 stage() {
     local dest=$WORK/stage/$1 layer
     shift
@@ -165,19 +169,25 @@ build_and_push_images() {
     smoke_test "$hello" /bin/hello
     smoke_test "$registry" /bin/registry --version
 
-    log "pushing them to upstream ($upstream)"
-    push_dir "$upstream" library/busybox latest "$busybox" --cmd sh
-    push_dir "$upstream" library/hello 1.0 "$hello" --cmd /bin/hello
-    push_dir "$upstream" library/registry 2 "$registry" \
+    log "pushing them to upstream ($upstream), busybox as the base layer of all"
+    push_image "$upstream" library/busybox:latest busybox -- --cmd sh
+    push_image "$upstream" library/hello:1.0 busybox hello -- --cmd /bin/hello
+    push_image "$upstream" library/registry:2 busybox registry -- \
         --entrypoint "/bin/registry serve /etc/docker/registry/config.yml"
 }
 
-# push_dir REGISTRY REPO TAG DIR [imagebuild options]: DIR as an image.
-push_dir() {
-    local registry=$1 repo=$2 tag=$3 dir=$4 digest
-    shift 4
+# push_image REGISTRY REPO:TAG LAYER... -- [imagebuild options]: an image of the
+# layers under $WORK/layers, bottom first.
+push_image() {
+    local registry=$1 repo=${2%:*} tag=${2##*:} args=() digest
+    shift 2
+    while (($# > 0)) && [[ $1 != -- ]]; do
+        args+=(--dir "$WORK/layers/$1")
+        shift
+    done
+    shift
     digest=$(python tests/imagebuild.py push-dir --registry "$registry" \
-        --repo "$repo" --tag "$tag" --dir "$dir" "$@")
+        --repo "$repo" --tag "$tag" "${args[@]}" "$@")
     log "  $repo:$tag $digest"
 }
 
@@ -216,45 +226,64 @@ show_registry() {
 }
 
 # compare_digests UPSTREAM ISOLATED: fails unless every image of IMAGES has the
-# same manifest digest on both sides.
+# same manifest digest upstream, in the bundle's index (airgap list --json) and
+# in the isolated registry.
 compare_digests() {
-    local upstream=$1 isolated=$2 image want got bad=0
+    local upstream=$1 isolated=$2 recorded image want listed got bad=0
+    recorded=$(airgap list "$BUNDLE" --json | python3 -c 'import json, sys
+for image in json.load(sys.stdin)["images"]:
+    print(image["target"], image["digest"])')
     for image in "${IMAGES[@]}"; do
         want=$(manifest_digest "$upstream" "${image%:*}" "${image##*:}")
+        listed=$(awk -v target="$image" '$1 == target { print $2 }' <<<"$recorded")
         got=$(manifest_digest "$isolated" "${image%:*}" "${image##*:}")
-        if [[ -z $got ]]; then
-            log "MISSING $image: upstream has $want, isolated has nothing"
-            bad=$((bad + 1))
-        elif [[ $got != "$want" ]]; then
-            log "CHANGED $image: upstream $want, isolated $got"
+        if [[ -n $want && $listed == "$want" && $got == "$want" ]]; then
+            log "  same: $image $want"
+        else
+            log "  DIFFERENT: $image: upstream ${want:-nothing}," \
+                "bundle ${listed:-nothing}, isolated ${got:-nothing}"
             bad=$((bad + 1))
         fi
     done
     ((bad == 0)) || die "$bad of ${#IMAGES[@]} images did not arrive unchanged"
 }
 
-# count_blobs UPSTREAM: checks the bundle holds each distinct blob once: every
-# manifest, config and layer of IMAGES, however many images share it.
+# count_blobs UPSTREAM: checks the bundle holds each distinct blob once (every
+# manifest, config and layer of IMAGES, however many images share it) and shows
+# the shared ones: the busybox layer must be among them.
 count_blobs() {
-    local upstream=$1 want got
-    want=$(python3 - "$WORK/manifests/$upstream" <<'EOF'
-import hashlib, json, pathlib, sys
-blobs, refs = set(), 0
-for path in pathlib.Path(sys.argv[1]).rglob("*.json"):
+    local upstream=$1 image manifests=() listing stats want refs shared got pair
+    for image in "${IMAGES[@]}"; do
+        manifests+=("$WORK/manifests/$upstream/${image%:*}/${image##*:}.json")
+    done
+    stats=$(python3 - "${manifests[@]}" <<'EOF'
+import collections, hashlib, json, pathlib, sys
+users = collections.defaultdict(list)
+for path in map(pathlib.Path, sys.argv[1:]):
     body = path.read_bytes()
     manifest = json.loads(body)
     # The demo pushes single-platform manifests; an index would need its children.
     found = [manifest["config"]] + manifest["layers"]
-    blobs |= {"sha256:" + hashlib.sha256(body).hexdigest()}
-    blobs |= {d["digest"] for d in found}
-    refs += 1 + len(found)
-print(len(blobs), refs)
+    digests = ["sha256:" + hashlib.sha256(body).hexdigest()]
+    for digest in digests + [d["digest"] for d in found]:
+        users[digest].append(path.parent.name)
+refs = sum(len(names) for names in users.values())
+shared = [f"{d}={','.join(n)}" for d, n in users.items() if len(n) > 1]
+print(len(users), refs, *shared)
 EOF
     )
-    got=$(zstd -dc "$BUNDLE" | tar -tf - | grep -cE '^blobs/sha256/[0-9a-f]{64}$' ||
-        true)
-    log "bundle: $got blobs for ${want#* } blob references (${want% *} distinct)"
-    [[ $got == "${want% *}" ]] || die "the bundle holds $got blobs, expected ${want% *}"
+    read -r want refs shared <<<"$stats"
+    listing=$(zstd -dc "$BUNDLE" | tar -tf -)
+    got=$(grep -cE '^blobs/sha256/[0-9a-f]{64}$' <<<"$listing" || true)
+    log "bundle: $got blobs for $refs blob references ($want distinct)"
+    [[ $got == "$want" ]] || die "the bundle holds $got blobs, expected $want"
+    [[ -n $shared ]] || die "no blob is shared: the busybox layer should be"
+
+    for pair in $shared; do
+        got=$(grep -c "^blobs/sha256/${pair:7:64}\$" <<<"$listing" || true)
+        [[ $got == 1 ]] || die "${pair%%=*} is stored $got times, expected once"
+        log "  ${pair%%=*}: shared by ${pair#*=}, stored once"
+    done
 }
 
 # --- the demo ----------------------------------------------------------------
@@ -297,6 +326,7 @@ main() {
 
     log "the isolated registry now holds:"
     show_registry "$isolated"
+    log "digests upstream, in the bundle and in the isolated registry:"
     compare_digests "$upstream" "$isolated"
     # demo_start_registry_from_bundle  # disabled until #3
     echo "demo: OK, ${#IMAGES[@]} images, digests identical upstream and isolated"

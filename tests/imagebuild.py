@@ -6,10 +6,12 @@ checked against. Everything is deterministic: tar entries are sorted and carry
 mtime 0 and uid/gid 0, gzip headers carry mtime 0, JSON is serialised with sorted
 keys, so building the same files twice gives the same digests.
 
-Run as a script, it turns a directory into a runnable image in a registry:
+Run as a script, it turns directories into a runnable image in a registry, one
+layer per `--dir`, bottom first; images built on the same base directory share
+its layer blob:
 
     python tests/imagebuild.py push-dir --registry 127.0.0.1:5000 \\
-        --repo library/busybox --tag latest --dir ROOTFS --cmd sh
+        --repo library/hello --tag 1.0 --dir BUSYBOX --dir HELLO --cmd /bin/hello
 """
 
 from __future__ import annotations
@@ -519,14 +521,26 @@ def _expect(response: requests.Response, status: int) -> None:
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="imagebuild.py")
     commands = parser.add_subparsers(dest="command", required=True)
-    push = commands.add_parser("push-dir", help="push a directory as a 1-layer image")
+    push = commands.add_parser("push-dir", help="push directories as an image")
     push.add_argument("--registry", required=True, help="HOST:PORT or URL")
     push.add_argument("--repo", required=True)
     push.add_argument("--tag", default="latest")
-    push.add_argument("--dir", required=True, type=Path)
+    push.add_argument(
+        "--dir",
+        dest="dirs",
+        action="append",
+        required=True,
+        type=Path,
+        help="a layer's files; repeat for more layers, bottom first",
+    )
     push.add_argument("--cmd", type=shlex.split, help="shell-style words")
     push.add_argument("--entrypoint", type=shlex.split, help="shell-style words")
-    push.add_argument("--symlink", action="append", default=[], help="PATH=TARGET")
+    push.add_argument(
+        "--symlink",
+        action="append",
+        default=[],
+        help="PATH=TARGET, added to the top layer",
+    )
     push.add_argument("--oci", action="store_true")
     push.add_argument("--arch", default="amd64")
     push.add_argument("--username")
@@ -535,15 +549,21 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _push_dir(args: argparse.Namespace) -> str:
-    files: dict[str, bytes | File] = dict(files_from_dir(args.dir))
+def _layer_files(args: argparse.Namespace) -> list[dict[str, bytes | File]]:
+    """The files of each layer, bottom first; --symlink entries go on top."""
+    layers: list[dict[str, bytes | File]] = [
+        dict(files_from_dir(path)) for path in args.dirs
+    ]
     for pair in args.symlink:
         path, _, target = pair.partition("=")
-        files[path.strip("/")] = symlink(target)
+        layers[-1][path.strip("/")] = symlink(target)
+    return layers
 
+
+def _push_dir(args: argparse.Namespace) -> str:
     style: Style = "oci" if args.oci else "docker"
     img = image(
-        [layer(files, media_type_style=style)],
+        [layer(files, media_type_style=style) for files in _layer_files(args)],
         oci=args.oci,
         architecture=args.arch,
         cmd=args.cmd,
