@@ -7,6 +7,8 @@ import sys
 
 from tqdm import tqdm
 
+from airgap.transport import redact
+
 
 class _TqdmHandler(logging.Handler):
     """Writes log lines above any progress bar instead of through it."""
@@ -37,6 +39,17 @@ def configure(verbose: int, quiet: int) -> None:
     root.addHandler(handler)
     root.setLevel(level_for(verbose, quiet))
     root.propagate = False
+    handler.addFilter(_redact)
+    http = logging.getLogger("urllib3")
+    for old in [h for h in http.handlers if isinstance(h, _TqdmHandler)]:
+        http.removeHandler(old)
+    http.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     if verbose >= 2:
-        logging.getLogger("urllib3").setLevel(logging.DEBUG)
-        logging.getLogger("urllib3").addHandler(handler)
+        http.addHandler(handler)
+
+
+def _redact(record: logging.LogRecord) -> bool:
+    """Every line passes the one redaction helper: urllib3 logs whole URLs."""
+    record.msg = redact(record.getMessage())
+    record.args = None
+    return True

@@ -120,3 +120,21 @@ def cli() -> servers.CliFunction:
         return servers.run_click(main, args, input=input, env=env)
 
     return run
+
+
+# Appended, not merged above, so parallel edits to this file do not collide.
+import tokenserver  # noqa: E402
+
+
+@pytest.fixture
+def token_registry(
+    registry_factory: RegistryFactory, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tokenserver.TokenRegistry]:
+    """A registry behind `auth: token:` (distribution verifies x5c-signed JWTs),
+    its token service (alice may pull and push team/*, anyone may pull
+    public/*) and an open back door onto the same storage."""
+    setup = tokenserver.start_token_registry(
+        registry_factory, tmp_path_factory.mktemp("tokens")
+    )
+    yield setup
+    setup.tokens.stop()
