@@ -22,6 +22,7 @@ ALLOWED_NAMES = re.compile(
 )
 _ALLOWED_DIRS = {"blobs", "blobs/sha256"}
 COPY_CHUNK = 1 << 20
+_TRUNCATED = "the bundle is truncated: it ends inside a zstd frame"
 
 
 class ArchiveWriter:
@@ -118,14 +119,16 @@ class Member:
 def read_members(source: Reader) -> Iterator[Member]:
     """The bundle's members in order. Raises BundleCorrupt on a damaged stream,
     a truncated one, or a member outside the allowlist."""
+    started = False
+    frames = _FrameCheck(source)
     try:
-        frames = _FrameCheck(source)
         stream = _decompressed(frames)
         fileobj: Any = stream
         with tarfile.open(fileobj=fileobj, mode="r|", bufsize=COPY_CHUNK) as tar:
             for info in tar:
                 member = _admit(info, tar)
                 if member is not None:
+                    started = True
                     yield member
         # Read on to the end, so a zstd stream cut after the tar's last member is
         # still seen to end inside its frame.
@@ -133,6 +136,13 @@ def read_members(source: Reader) -> Iterator[Member]:
             pass
         frames.check_end()
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as exc:
+        if frames.cut_short():
+            raise BundleCorrupt(_TRUNCATED) from exc
+        if not started:
+            raise BundleCorrupt(
+                f"this is not an airgap bundle: no tar stream at its start ({exc})",
+                "pass the .tar.zst or .tar that airgap pack wrote",
+            ) from exc
         raise BundleCorrupt(
             f"the bundle stream is damaged or truncated: {exc}"
         ) from exc
@@ -199,6 +209,7 @@ class _FrameCheck:
         self._source = source
         self._zstd: bool | None = None
         self._problem: BundleCorrupt | None = None
+        self._ended = False
         self._step = self._magic
         self._want = 4  # header bytes the current step needs
         self._head = b""
@@ -207,6 +218,7 @@ class _FrameCheck:
 
     def read(self, n: int = -1) -> bytes:
         data = self._source.read(n)
+        self._ended = self._ended or not data
         if self._zstd is None and data:
             self._zstd = data[:4] == ZSTD_MAGIC
         if self._zstd and self._problem is None:
@@ -219,8 +231,15 @@ class _FrameCheck:
     def check_end(self) -> None:
         if self._problem is not None:
             raise self._problem
-        if self._zstd and (self._step != self._magic or self._head or self._skip):
-            raise BundleCorrupt("the bundle is truncated: it ends inside a zstd frame")
+        if self._zstd and not self._between_frames():
+            raise BundleCorrupt(_TRUNCATED)
+
+    def cut_short(self) -> bool:
+        """Whether the input has ended, inside a zstd frame."""
+        return bool(self._zstd and self._ended and not self._between_frames())
+
+    def _between_frames(self) -> bool:
+        return self._step == self._magic and not self._head and not self._skip
 
     def _walk(self, view: memoryview) -> None:
         while view:

@@ -66,7 +66,8 @@ def _report(
         click.echo(f"hint: {hint}", err=True)
     if SETTINGS.json:
         error = {"message": message, "hint": hint, "exitCode": int(code)}
-        click.echo(json.dumps({"ok": False, "error": error}, indent=2))
+        partial = getattr(exc, "partial", None) or {}
+        click.echo(json.dumps({"ok": False, "error": error, **partial}, indent=2))
 
 
 def common(func: F) -> F:
@@ -139,13 +140,14 @@ def _explicit_credentials(
     return Credentials(username=username, password=password)
 
 
-def emit(result: dict[str, Any], lines: list[str]) -> None:
-    """The result on stdout: JSON with --json, else human lines."""
+def emit(result: dict[str, Any], lines: list[str], err: bool = False) -> None:
+    """The result on stdout (stderr when stdout carries a bundle): JSON with
+    --json, else human lines."""
     if SETTINGS.json:
-        click.echo(json.dumps({"ok": True, **result}, indent=2))
+        click.echo(json.dumps({"ok": True, **result}, indent=2), err=err)
         return
     for line in lines:
-        click.echo(line)
+        click.echo(line, err=err)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

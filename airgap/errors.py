@@ -28,6 +28,8 @@ class AirgapError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # what was done before the failure, for the --json error document
+        self.partial: dict[str, object] = {}
 
 
 class UsageError(AirgapError):

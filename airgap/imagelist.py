@@ -19,6 +19,7 @@ DEFAULT_REGISTRY_IMAGE = "docker.io/library/registry:2"
 _TOP_KEYS = {"registry-image", "platforms", "images"}
 _ENTRY_KEYS = {"name", "target", "platforms", "source"}
 _SOURCES = ("registry", "docker")
+_NO_IMAGES = "list at least one image; the registry image is added to them"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,15 @@ class ImageEntry:
     source: str = "registry"
     line: int | None = None
     is_registry_image: bool = False
+
+    @property
+    def target_name(self) -> str:
+        """Its name on the isolated side: ``target``, else the source repository
+        with its tag (a digest-only image has no tag and is pushed by digest)."""
+        if self.target:
+            return self.target
+        ref = self.reference
+        return f"{ref.repository}:{ref.tag}" if ref.tag else ref.repository
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +99,8 @@ def _parse_text(text: str, path: str) -> ImageList:
         line = line.split("#", 1)[0].strip()
         if line:
             entries.append(ImageEntry(_reference(line, path, number), line=number))
+    if not entries:
+        raise ImageListError(path, None, "the image list names no images", _NO_IMAGES)
     return _finish(path, entries, Reference.parse(DEFAULT_REGISTRY_IMAGE), None)
 
 
@@ -112,6 +124,8 @@ def _parse_yaml(text: str, path: str) -> ImageList:
         raise ImageListError(path, _line(root), "missing 'images:'")
     if not isinstance(images, yaml.SequenceNode):
         raise ImageListError(path, _line(images), "'images' must be a list")
+    if not images.value:
+        raise ImageListError(path, _line(images), "'images' is empty", _NO_IMAGES)
     entries = [_entry(node, path, platforms) for node in images.value]
     return _finish(path, entries, registry_image, platforms)
 
@@ -167,7 +181,30 @@ def _finish(
                 "list each image once",
             )
         seen[key] = entry.line
-    return ImageList(path, tuple(entries), registry_image, platforms)
+    images = ImageList(path, tuple(entries), registry_image, platforms)
+    _check_targets(path, images.all_entries())
+    return images
+
+
+def _check_targets(path: str, entries: list[ImageEntry]) -> None:
+    """Two images tagged with one name on the isolated side would overwrite each
+    other there; the registry image, added without a line, counts too."""
+    owners: dict[str, ImageEntry] = {}
+    for entry in entries:
+        name = entry.target_name
+        first = owners.setdefault(name, entry)
+        if first is entry or ":" not in name.rsplit("/", 1)[-1]:
+            continue
+        if entry.line is None:  # the registry image comes last
+            problem = f"{first.reference} and the registry image {entry.reference}"
+        else:
+            problem = f"{entry.reference} and {first.reference} (line {first.line})"
+        raise ImageListError(
+            path,
+            entry.line or first.line,
+            f"{problem} both land as {name}",
+            "give one of them a 'target:' of its own",
+        )
 
 
 def _reference(text: str, path: str, line: int | None) -> Reference:

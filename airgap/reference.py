@@ -25,7 +25,7 @@ DOCKER_HUB_API = "registry-1.docker.io"
 _HUB_ALIASES = {"index.docker.io", "registry-1.docker.io", DOCKER_HUB}
 
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)  # Docker's \w is ASCII only
 _DIGEST = re.compile(r"[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]{32,}")
 _SHA256 = re.compile(r"sha256:[a-f0-9]{64}")
 _HOST = re.compile(
@@ -87,7 +87,14 @@ def _split(text: str) -> tuple[str, str | None, str | None]:
     if at:
         if not _DIGEST.fullmatch(digest):
             raise BadReference(f"invalid digest in {text!r}")
-        if digest.startswith("sha256:") and not _SHA256.fullmatch(digest):
+        if not digest.startswith("sha256:"):
+            # Docker's grammar allows other algorithms, but only sha256 can be
+            # checked here, and a pin that is not checked pins nothing.
+            raise BadReference(
+                f"unsupported digest algorithm in {text!r}",
+                "airgap handles sha256 digests (sha256:<64 hex>)",
+            )
+        if not _SHA256.fullmatch(digest):
             raise BadReference(
                 f"invalid digest in {text!r}", "sha256 digests are 64 lowercase hex"
             )
@@ -96,7 +103,10 @@ def _split(text: str) -> tuple[str, str | None, str | None]:
     if colon > name.rfind("/"):
         name, tag = name[:colon], name[colon + 1 :]
         if not _TAG.fullmatch(tag):
-            raise BadReference(f"invalid tag {tag!r} in {text!r}")
+            raise BadReference(
+                f"invalid tag {tag!r} in {text!r}",
+                "a tag is 1 to 128 of A-Z a-z 0-9 _ . -, not starting with . or -",
+            )
     return name, tag, digest if at else None
 
 

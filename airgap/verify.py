@@ -46,15 +46,23 @@ def verify(reader: BundleReader, progress: Progress = QUIET) -> VerifyResult:
                         manifests[record.digest] = Manifest.parse(stream.read_all())
                     else:
                         stream.finish()
-                except BundleCorrupt:
-                    raise
+                except BundleCorrupt as exc:
+                    # The stream broke inside this blob: say which one.
+                    named = f"blob {record.digest}: {exc.message}"
+                    raise BundleCorrupt(named, exc.hint) from exc
                 except IntegrityError as exc:
                     problems.append(exc.message)
                 size += record.size
         except BundleCorrupt as exc:
             problems.append(exc.message)
     problems += _graph_problems(index, manifests, seen)
-    return VerifyResult(index, problems, len(seen), size)
+    return VerifyResult(index, _parts_first(reader, problems), len(seen), size)
+
+
+def _parts_first(reader: BundleReader, problems: list[str]) -> list[str]:
+    """Every bad part, named first: copying it again is the user's next step."""
+    parts = reader.part_problems()
+    return parts + [p for p in problems if p not in parts]
 
 
 def _graph_problems(
