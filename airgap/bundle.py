@@ -12,21 +12,25 @@ import datetime
 import json
 import logging
 import tarfile
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Container, Iterator
+from typing import TYPE_CHECKING, Any
 
 import zstandard
 
 from airgap import archive
 from airgap.copy import ResolvedImage, docker_manifest
 from airgap.descriptor import Descriptor, Digest, HashingCheck, Platform
-from airgap.errors import BundleCorrupt, DigestMismatch
+from airgap.errors import BundleCorrupt
 from airgap.index import BlobRecord, DigestIndex, ImageRecord
 from airgap.manifest import OCI_INDEX, Manifest
-from airgap.media import AtomicOutput, base_name, write_side_file
+from airgap.media import write_side_files
+from airgap.parts import RECOPY_HINT, PartDamaged, PartFile, PartReader, PartWriter
 from airgap.progress import QUIET, Progress
 from airgap.reference import DOCKER_HUB
-from airgap.streams import Reader
+from airgap.streams import ChunkReader, Reader
+
+if TYPE_CHECKING:
+    from airgap.baseline import Baseline
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,8 @@ class PackOptions:
     level: int = 3
     threads: int = -1
     platform: Platform = Platform("linux", "amd64")
+    split_size: int | None = None
+    baseline: Baseline | None = None  # pack --since: leave out what it holds
 
 
 @dataclasses.dataclass
@@ -51,6 +57,8 @@ class PackResult:
     size: int
     sha256: str
     uploaded: int
+    files: list[PartFile] = dataclasses.field(default_factory=list)
+    cache_hits: int = 0
 
 
 def blob_name(digest: Digest) -> str:
@@ -61,12 +69,17 @@ def blob_name(digest: Digest) -> str:
 
 
 class _Contents:
-    """Every blob of every image, once, in bundle order."""
+    """Every blob of every image, once, in bundle order; configs and layers
+    in ``omit`` are left out (``omitted``), manifests always travel."""
 
-    def __init__(self, images: list[ResolvedImage]) -> None:
+    def __init__(
+        self, images: list[ResolvedImage], omit: Container[Digest] = frozenset()
+    ) -> None:
         self.small: dict[Digest, bytes] = {}
         self.records: dict[Digest, BlobRecord] = {}
         self.layers: dict[Digest, tuple[ResolvedImage, Descriptor]] = {}
+        self.omitted: dict[Digest, BlobRecord] = {}
+        self._omit = omit
         for image in images:
             for digest, manifest in image.manifests.items():
                 self._add(digest, manifest.raw, manifest.media_type, "manifest")
@@ -78,18 +91,26 @@ class _Contents:
             }
             for digest, data in image.configs.items():
                 self._add(digest, data, config_types.get(digest, ""), "config")
-        for image in images:
+        # The registry image's layers lead, so unpack --start-registry can start
+        # it after reading only a little of the stream.
+        for image in sorted(images, key=lambda i: not i.record.registry_image):
             for digest, desc in image.layers.items():
-                if digest not in self.records:
-                    self.records[digest] = BlobRecord(
-                        digest, desc.size, desc.media_type, "layer"
-                    )
+                record = BlobRecord(digest, desc.size, desc.media_type, "layer")
+                if digest not in self.records and self._keep(record):
+                    self.records[digest] = record
                     self.layers[digest] = (image, desc)
 
     def _add(self, digest: Digest, data: bytes, media_type: str, kind: str) -> None:
-        if digest not in self.records:
-            self.records[digest] = BlobRecord(digest, len(data), media_type, kind)
+        record = BlobRecord(digest, len(data), media_type, kind)
+        if digest not in self.records and self._keep(record):
+            self.records[digest] = record
             self.small[digest] = data
+
+    def _keep(self, record: BlobRecord) -> bool:
+        if record.kind != "manifest" and record.digest in self._omit:
+            self.omitted.setdefault(record.digest, record)
+            return False
+        return True
 
 
 def build_index(
@@ -128,14 +149,19 @@ def manifests_json(manifests: list[dict[str, Any]]) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode()
 
 
-def docker_archive_manifest(images: list[ResolvedImage], platform: Platform) -> bytes:
-    """``manifest.json`` so that ``docker load`` takes the decompressed tar."""
+def docker_archive_manifest(
+    images: list[ResolvedImage], platform: Platform, carried: Container[Digest]
+) -> bytes:
+    """``manifest.json`` so that ``docker load`` takes the decompressed tar; an
+    image with blobs a differential bundle left out is not listed."""
     entries = []
     for image in images:
         manifest = docker_manifest(
             image.manifests, image.configs, image.record.digest, platform
         )
-        if manifest is None or manifest.config is None:
+        if manifest is None or manifest.config is None or image.record.attachment_of:
+            continue
+        if any(blob.digest not in carried for blob in manifest.blobs):
             continue
         tag = image.record.target_tag
         repo_tags = [f"{image.record.target}"] if tag else []
@@ -155,9 +181,12 @@ def write_bundle(
     options: PackOptions,
     progress: Progress = QUIET,
 ) -> PackResult:
-    contents = _Contents(images)
+    baseline = options.baseline
+    contents = _Contents(images, baseline.holds if baseline else frozenset())
     index = build_index(images, contents, options.platform)
-    out = AtomicOutput(path)
+    if baseline:
+        index.extra.update(baseline.record(list(contents.omitted.values())))
+    out = PartWriter(path, options.split_size)
     try:
         _write(out, images, contents, index, options, progress)
         out.commit()
@@ -165,12 +194,12 @@ def write_bundle(
         out.abort()
         raise
     if path != "-":
-        _write_side_files(path, index, out)
-    return PackResult(index, path, out.size, out.sha256, 0)
+        write_side_files(path, index.to_json(), out.files)
+    return PackResult(index, path, out.size, out.sha256, 0, out.files)
 
 
 def _write(
-    out: AtomicOutput,
+    out: PartWriter,
     images: list[ResolvedImage],
     contents: _Contents,
     index: DigestIndex,
@@ -186,7 +215,8 @@ def _write(
     writer.add_bytes("oci-layout", OCI_LAYOUT)
     writer.add_bytes("airgap.json", index.dumps())
     writer.add_bytes("index.json", oci_index(index.images, contents.records))
-    writer.add_bytes("manifest.json", docker_archive_manifest(images, options.platform))
+    docker_json = docker_archive_manifest(images, options.platform, contents.records)
+    writer.add_bytes("manifest.json", docker_json)
     for digest, data in contents.small.items():
         writer.add_bytes(blob_name(digest), data)
     total = sum(desc.size for _, desc in contents.layers.values())
@@ -200,51 +230,11 @@ def _write(
     writer.close()
 
 
-def _write_side_files(path: str, index: DigestIndex, out: AtomicOutput) -> None:
-    base = base_name(path)
-    name = path.rsplit("/", 1)[-1]
-    write_side_file(f"{base}.sha256", f"{out.sha256}  {name}\n".encode())
-    side = index.to_json()
-    side["files"] = [{"name": name, "digest": f"sha256:{out.sha256}", "size": out.size}]
-    write_side_file(f"{base}.index.json", (json.dumps(side, indent=2) + "\n").encode())
-
-
 def _source_registry(record: ImageRecord) -> str:
     first = record.source.split("/", 1)[0]
     return (
         first if ("." in first or ":" in first or first == "localhost") else DOCKER_HUB
     )
-
-
-class ChunkReader:
-    """A file-like view of a chunk iterator, for tarfile and requests."""
-
-    def __init__(self, chunks: Iterator[bytes], on_read: Any = None) -> None:
-        self._chunks = chunks
-        self._buffer = b""
-        self._on_read = on_read
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if n < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:n], self._buffer[n:]
-        if self._on_read and data:
-            self._on_read(len(data))
-        return data
-
-    def finish(self) -> None:
-        """Run the iterator to its end, so its final digest check runs."""
-        for extra in self._chunks:
-            if extra:
-                raise DigestMismatch(
-                    "the registry sent more bytes than the manifest says"
-                )
 
 
 # -- reading ------------------------------------------------------------------
@@ -260,12 +250,19 @@ class Header:
 class VerifiedStream:
     """A bundle member read through its digest and size check."""
 
-    def __init__(self, member: archive.Member, record: BlobRecord, on_read: Any = None):
+    def __init__(
+        self,
+        member: archive.Member,
+        record: BlobRecord,
+        on_read: Any = None,
+        tee: Callable[[bytes], None] | None = None,
+    ) -> None:
         desc = Descriptor(record.media_type, record.digest, record.size)
         self._stream = member.stream
         self._check = HashingCheck(desc, f"blob {record.digest}")
         self._done = False
         self._on_read = on_read
+        self._tee = tee
         if member.size != record.size:
             raise BundleCorrupt(
                 f"blob {record.digest} is {member.size} bytes in the tar, "
@@ -281,6 +278,8 @@ class VerifiedStream:
         except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
             raise BundleCorrupt(f"the bundle is damaged or truncated: {exc}") from exc
         self._check.update(data)
+        if self._tee and data:
+            self._tee(data)
         if self._on_read and data:
             self._on_read(len(data))
         if not data or self._check.size == self._check.expected.size:
@@ -311,10 +310,35 @@ class BundleReader:
 
     def __init__(self, stream: Reader, name: str) -> None:
         self.name = name
+        self._source = stream
         self._members = archive.read_members(stream)
         self._pending: archive.Member | None = None
 
+    def part_problems(self) -> list[str]:
+        """Reads what was left unread, checking every part to its end against
+        the side files; the problems found in every part, in order."""
+        if isinstance(self._source, PartReader):
+            return self._source.check_rest()
+        return []
+
+    def diagnose(self, damage: BundleCorrupt) -> BundleCorrupt:
+        """The bad parts, when there are any, rather than the stream error one
+        of them caused."""
+        problems = self.part_problems()
+        if not problems:
+            return damage
+        return PartDamaged("; ".join(problems), RECOPY_HINT)
+
     def header(self) -> Header:
+        try:
+            return self._header()
+        except BundleCorrupt as exc:
+            named = self.diagnose(exc)
+            if named is exc:
+                raise
+            raise named from exc
+
+    def _header(self) -> Header:
         found: dict[str, bytes] = {}
         for expected in HEADER_NAMES:
             member = self._next()

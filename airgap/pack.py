@@ -8,7 +8,8 @@ import tempfile
 from pathlib import Path
 
 from airgap.bundle import PackOptions, PackResult, write_bundle
-from airgap.copy import ResolvedImage, Resolver
+from airgap.cache import BlobCache
+from airgap.copy import ResolvedImage, ResolveOptions, Resolver
 from airgap.daemon import Daemon
 from airgap.descriptor import Platform
 from airgap.dockersource import resolve_from_docker
@@ -25,10 +26,11 @@ def resolve_all(
     platforms: tuple[Platform, ...] | None,
     work: Path,
     from_docker: bool = False,
+    resolve: ResolveOptions | None = None,
 ) -> list[ResolvedImage]:
     """Every entry's graph: from its registry, or exported from the local
     daemon for ``source: docker`` entries (all listed ones with --from-docker)."""
-    resolver = Resolver(pool, platforms or images.platforms)
+    resolver = Resolver(pool, platforms or images.platforms, resolve)
     daemon: Daemon | None = None
     resolved = []
     for entry in images.all_entries():
@@ -36,7 +38,7 @@ def resolve_all(
             from_docker and not entry.is_registry_image
         )
         if not local:
-            resolved.append(resolver.resolve(entry))
+            resolved += resolver.resolve_entry(entry)
             continue
         daemon = daemon or Daemon.connect()
         resolved.append(resolve_from_docker(entry, daemon, work / str(len(resolved))))
@@ -62,11 +64,21 @@ def pack(
     platforms: tuple[Platform, ...] | None = None,
     progress: Progress = QUIET,
     from_docker: bool = False,
+    resolve: ResolveOptions | None = None,
+    cache: BlobCache | None = None,
 ) -> PackResult:
     with tempfile.TemporaryDirectory(prefix="airgap-pack-") as work:
-        resolved = resolve_all(images, pool, platforms, Path(work), from_docker)
+        resolved = resolve_all(
+            images, pool, platforms, Path(work), from_docker, resolve
+        )
+        if cache:
+            resolved = [cache.wrap(image) for image in resolved]
         log.info("writing %d images to %s", len(resolved), output)
-        return write_bundle(resolved, output, options, progress)
+        result = write_bundle(resolved, output, options, progress)
+    if cache:
+        log.info("%d blobs from the cache in %s", cache.hits, cache.root)
+        result.cache_hits = cache.hits
+    return result
 
 
 def with_platform(options: PackOptions, platform: Platform) -> PackOptions:

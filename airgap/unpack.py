@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from airgap import archive
+from airgap.baseline import check_target
 from airgap.bootstrap import Bootstrap, check_local, registry_record, spool_dir
 from airgap.bundle import BundleReader, VerifiedStream
-from airgap.copy import BlobPlacer, push_manifests
+from airgap.copy import BlobPlacer, push_image
 from airgap.descriptor import Descriptor, Digest
 from airgap.errors import (
     AirgapError,
@@ -38,7 +39,10 @@ class Landed:
 
     @property
     def reference(self) -> str:
-        return f"{self.repository}:{self.tag}" if self.tag else self.repository
+        """What names the image at the target: its tag, else its digest."""
+        if self.tag:
+            return f"{self.repository}:{self.tag}"
+        return f"{self.repository}@{self.record.digest}"
 
 
 @dataclasses.dataclass
@@ -61,13 +65,21 @@ def target_name(record: ImageRecord, prefix: str = "") -> tuple[str, str | None]
 
 
 class _Unpacker:
-    def __init__(self, target: Registry, index: DigestIndex, prefix: str) -> None:
+    def __init__(
+        self,
+        target: Registry,
+        index: DigestIndex,
+        prefix: str,
+        attachments: bool = True,
+    ) -> None:
         self.target = target
         self.index = index
+        # Without attachments, their blobs have no user and go nowhere.
+        self.records = [r for r in index.images if attachments or not r.attachment_of]
         self.placer = BlobPlacer(target)
         self.names = {id(r): target_name(r, prefix) for r in index.images}
         self.users: dict[Digest, list[ImageRecord]] = defaultdict(list)
-        for record in index.images:
+        for record in self.records:
             for digest in record.needs():
                 self.users[digest].append(record)
         self.manifests: dict[Digest, Manifest] = {}
@@ -80,7 +92,8 @@ class _Unpacker:
 
     def take(self, record: BlobRecord, stream: VerifiedStream) -> None:
         if record.kind == "manifest":
-            self.manifests[record.digest] = Manifest.parse(stream.read_all())
+            raw = stream.read_all()
+            self.manifests[record.digest] = Manifest.parse(raw, record.media_type)
             return
         desc = Descriptor(record.media_type, record.digest, record.size)
         sent = self.placer.place(self.repos_for(record.digest), desc, stream)
@@ -90,22 +103,29 @@ class _Unpacker:
 
     def push_images(self) -> tuple[list[Landed], dict[str, str]]:
         landed, broken = [], {}
-        for record in self.index.images:
-            problem = self._problem(record)
+        failed: set[Digest] = set()
+        for record in self.records:
+            problem = self._problem(record, failed)
             if problem:
+                failed.update(record.manifests)
                 broken[record.target] = problem
                 log.error("not pushing %s: %s", record.target, problem)
                 continue
             repo, tag = self.names[id(record)]
             manifests = [self.manifests[d] for d in record.manifests]
-            push_manifests(self.target, repo, tag, manifests)
+            push_image(self.target, repo, tag, manifests)
             landed.append(Landed(record, repo, tag))
         return landed, broken
 
-    def _problem(self, record: ImageRecord) -> str | None:
+    def _problem(self, record: ImageRecord, failed: set[Digest]) -> str | None:
+        if record.attachment_of in failed:
+            return f"its subject {record.attachment_of} was not pushed"
         for digest in record.needs():
             if digest in self.bad:
-                return f"blob {digest}: {self.bad[digest]}"
+                problem = self.bad[digest]
+                return (
+                    problem if str(digest) in problem else f"blob {digest}: {problem}"
+                )
         return None
 
 
@@ -116,15 +136,19 @@ def unpack(
     progress: Progress = QUIET,
     bootstrap: Bootstrap | None = None,
     load: Callable[[DigestIndex, dict[int, str]], DockerLoader] | None = None,
+    attachments: bool = True,
 ) -> UnpackResult:
     """Push into ``target`` (started first by ``bootstrap`` when nothing answers
-    there), and/or load into Docker through the loader ``load`` makes."""
+    there), and/or load into Docker through the loader ``load`` makes;
+    ``attachments`` False leaves the bundle's attachments unpushed."""
     index = reader.header().index
-    work = _Unpacker(target, index, prefix) if target else None
+    work = _Unpacker(target, index, prefix, attachments) if target else None
     spool = (
         _Spool(bootstrap, index) if target and not _ready(target, bootstrap) else None
     )
     loader = load(index, docker_names(index, prefix)) if load else None
+    if work and spool is None:
+        check_target(work.placer, index, work.repos_for)
     bad: dict[Digest, str] = work.bad if work else {}
     seen: set[Digest] = set()
     damaged: AirgapError | None = None
@@ -152,7 +176,7 @@ def unpack(
                 if loader:
                     loader.blob_done(record)
         except BundleCorrupt as exc:
-            damaged = exc
+            damaged = reader.diagnose(exc)
             if current is not None:
                 bad[current] = exc.message
     for blob in index.blobs:
