@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any
 
 import click
 
+from airgap import inventory
+from airgap.baseline import OMITTED
+from airgap.baseline import load as load_baseline
 from airgap.bootstrap import Bootstrap, RegistrySpec
 from airgap.bundle import PackOptions
+from airgap.cache import BlobCache
 from airgap.cli import (
     SETTINGS,
     common,
@@ -19,16 +25,41 @@ from airgap.cli import (
     parse_platforms,
     registry_options,
 )
+from airgap.copy import ResolveOptions
 from airgap.daemon import Daemon
 from airgap.descriptor import Platform
 from airgap.errors import IntegrityError, UsageError
 from airgap.imagelist import load as load_image_list
 from airgap.index import DigestIndex
 from airgap.load import DockerLoader
+from airgap.media import parse_size, parse_split_size
 from airgap.pack import bundle_platform, pack
 from airgap.registry import RegistryPool
+from airgap.sync import SyncOptions, sync
 from airgap.unpack import UnpackIncomplete, target_name, unpack
 from airgap.verify import verify
+
+
+def resolve_options(func: Any) -> Any:
+    """--no-attachments and --convert-schema1, for pack and sync."""
+
+    @click.option(
+        "--no-attachments",
+        is_flag=True,
+        help="Leave signatures, attestations, SBOMs and other referrers behind.",
+    )
+    @click.option(
+        "--convert-schema1",
+        is_flag=True,
+        help="Convert schema 1 images to schema 2 (new digests) instead of "
+        "refusing them.",
+    )
+    @functools.wraps(func)
+    def wrapper(no_attachments: bool, convert_schema1: bool, **kw: Any) -> Any:
+        kw["resolve"] = ResolveOptions(not no_attachments, convert_schema1)
+        return func(**kw)
+
+    return wrapper
 
 
 @main.command("pack")
@@ -84,6 +115,24 @@ from airgap.verify import verify
     is_flag=True,
     help="Export the listed images from the local Docker daemon (docker save).",
 )
+@click.option(
+    "--split-size",
+    metavar="SIZE",
+    help="Cut the bundle into parts of SIZE (700M, 4.7GB) or for a medium: "
+    "cd, dvd, dvd-dl, fat32.",
+)
+@click.option(
+    "--since",
+    metavar="OLD",
+    help="Leave out every blob OLD holds (a bundle, its .index.json or an inventory).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Blob cache that lets an interrupted pack resume "
+    "[default: $XDG_CACHE_HOME/airgap/blobs].",
+)
+@resolve_options
 @registry_options
 @common
 def pack_command(
@@ -96,18 +145,37 @@ def pack_command(
     platforms: tuple[str, ...],
     docker_platform: str | None,
     from_docker: bool,
+    split_size: str | None,
+    since: str | None,
+    cache_dir: str | None,
+    resolve: ResolveOptions,
     pool_options: dict[str, Any],
 ) -> None:
     """Pull every image of LIST (and the registry image) into one bundle."""
+    if split_size and output == "-":
+        raise UsageError("--split-size writes files; it cannot go with -o -")
     images = load_image_list(image_list)
     pool = RegistryPool(mirrors=parse_mirrors(mirror), **pool_options)
     selected = parse_platforms(platforms)
     chosen = Platform.parse(docker_platform) if docker_platform else None
     options = PackOptions(
-        compression, level, threads, bundle_platform(images, chosen, selected)
+        compression,
+        level,
+        threads,
+        bundle_platform(images, chosen, selected),
+        split_size=parse_split_size(split_size) if split_size else None,
+        baseline=load_baseline(since) if since else None,
     )
     result = pack(
-        images, output, pool, options, selected, SETTINGS.progress, from_docker
+        images,
+        output,
+        pool,
+        options,
+        selected,
+        SETTINGS.progress,
+        from_docker,
+        resolve,
+        cache=BlobCache(Path(cache_dir) if cache_dir else None),
     )
     index = result.index
     emit(
@@ -117,12 +185,19 @@ def pack_command(
             "sha256": result.sha256,
             "images": [i.to_json() for i in index.images],
             "blobs": len(index.blobs),
+            "parts": [
+                {"name": f.name, "sha256": f.sha256, "size": f.size}
+                for f in result.files
+            ],
+            "omittedBlobs": len(index.extra.get(OMITTED) or []),
+            "cacheHits": result.cache_hits,
         },
         [
             f"{result.path}: {len(index.images)} images, {len(index.blobs)} blobs, "
             f"{human_size(result.size)}",
             *(f"  {i.source} -> {i.target} {i.digest}" for i in index.images),
         ],
+        err=output == "-",
     )
 
 
@@ -175,6 +250,16 @@ def pack_command(
 )
 @click.option("--registry-tls-cert", metavar="FILE", help="Serve TLS with this cert.")
 @click.option("--registry-tls-key", metavar="FILE", help="Key of --registry-tls-cert.")
+@click.option(
+    "--inventory-out",
+    metavar="FILE",
+    help="After pushing, write what the registry holds (for pack --since).",
+)
+@click.option(
+    "--no-attachments",
+    is_flag=True,
+    help="Push no signature, attestation, SBOM or other referrer of the bundle.",
+)
 @registry_options
 @common
 def unpack_command(
@@ -184,6 +269,8 @@ def unpack_command(
     chunk_size: str | None,
     load: bool,
     start_registry: bool,
+    inventory_out: str | None,
+    no_attachments: bool,
     pool_options: dict[str, Any],
     **registry_spec: str | None,
 ) -> None:
@@ -194,6 +281,7 @@ def unpack_command(
             "unpack needs --registry HOST[:PORT] or --load",
             "e.g. airgap unpack B --registry localhost:5000 --start-registry",
         )
+    pool_options["credentials"].explicit_for = registry
     target = RegistryPool(**pool_options).get(registry) if registry else None
     if target and chunk_size:
         target.chunk_size = parse_size(chunk_size)
@@ -209,10 +297,23 @@ def unpack_command(
     loader = _docker_loader if load else None
     reader = open_bundle(bundle)
     try:
-        result = unpack(reader, target, prefix, SETTINGS.progress, bootstrap, loader)
+        result = unpack(
+            reader,
+            target,
+            prefix,
+            SETTINGS.progress,
+            bootstrap,
+            loader,
+            attachments=not no_attachments,
+        )
     except UnpackIncomplete as exc:
-        _emit_unpack(exc.result, registry)
+        if SETTINGS.json:
+            exc.partial = _unpack_json(exc.result, registry)
+        else:
+            _emit_unpack(exc.result, registry)
         raise
+    if target and inventory_out:
+        inventory.write(inventory.take(target), inventory_out)
     _emit_unpack(result, registry)
 
 
@@ -220,7 +321,85 @@ def _docker_loader(index: DigestIndex, names: dict[int, str]) -> DockerLoader:
     return DockerLoader(Daemon.connect(), index, names)
 
 
+def _unpack_json(result: Any, registry: str | None) -> dict[str, Any]:
+    return {
+        "registry": registry,
+        "images": [
+            {
+                "target": f"{registry}/{item.reference}",
+                "digest": str(item.record.digest),
+                "source": item.record.source,
+            }
+            for item in result.landed
+        ],
+        "loaded": [
+            {"name": name, "imageId": image_id, "source": record.source}
+            for record, name, image_id in result.loaded
+        ],
+        "broken": result.broken,
+        "uploadedBytes": result.uploaded,
+    }
+
+
 def _emit_unpack(result: Any, registry: str | None) -> None:
+    emit(
+        _unpack_json(result, registry),
+        [f"{registry}/{item.reference} {item.record.digest}" for item in result.landed]
+        + [f"docker: {name} {image_id}" for _, name, image_id in result.loaded],
+    )
+
+
+@main.command("sync")
+@click.argument("image_list", metavar="LIST")
+@click.option("--registry", metavar="HOST[:PORT]", help="The registry to copy into.")
+@click.option(
+    "--prefix",
+    default="",
+    metavar="PATH",
+    help="Insert PATH before every repository name.",
+)
+@click.option(
+    "--mirror",
+    multiple=True,
+    metavar="REGISTRY=HOST[:PORT]",
+    help="Pull REGISTRY's images from a mirror; names stay as listed.",
+)
+@click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Copy only these platforms of multi-platform images.",
+)
+@click.option(
+    "--chunk-size",
+    metavar="SIZE",
+    help="Upload blobs in chunks of SIZE (for proxies that cap bodies).",
+)
+@resolve_options
+@registry_options
+@common
+def sync_command(
+    image_list: str,
+    registry: str | None,
+    prefix: str,
+    mirror: tuple[str, ...],
+    platforms: tuple[str, ...],
+    chunk_size: str | None,
+    resolve: ResolveOptions,
+    pool_options: dict[str, Any],
+) -> None:
+    """Copy every image of LIST straight from its registry into another."""
+    if not registry:
+        raise UsageError("sync needs --registry HOST[:PORT]")
+    images = load_image_list(image_list)
+    pool_options["credentials"].explicit_for = registry
+    pool = RegistryPool(mirrors=parse_mirrors(mirror), **pool_options)
+    target = pool.get(registry)
+    if chunk_size:
+        target.chunk_size = parse_size(chunk_size)
+    options = SyncOptions(prefix, parse_platforms(platforms), resolve)
+    result = sync(images, pool, target, options, SETTINGS.progress)
     emit(
         {
             "registry": registry,
@@ -232,15 +411,9 @@ def _emit_unpack(result: Any, registry: str | None) -> None:
                 }
                 for item in result.landed
             ],
-            "loaded": [
-                {"name": name, "imageId": image_id, "source": record.source}
-                for record, name, image_id in result.loaded
-            ],
-            "broken": result.broken,
             "uploadedBytes": result.uploaded,
         },
-        [f"{registry}/{item.reference} {item.record.digest}" for item in result.landed]
-        + [f"docker: {name} {image_id}" for _, name, image_id in result.loaded],
+        [f"{registry}/{item.reference} {item.record.digest}" for item in result.landed],
     )
 
 
@@ -249,7 +422,8 @@ def _emit_unpack(result: Any, registry: str | None) -> None:
 @common
 def verify_command(bundle: str) -> None:
     """Check every blob and every reference of BUNDLE, offline."""
-    result = verify(open_bundle(bundle), SETTINGS.progress)
+    reader = open_bundle(bundle)
+    result = verify(reader, SETTINGS.progress)
     ok = not result.problems
     lines = (
         [
@@ -273,10 +447,17 @@ def verify_command(bundle: str) -> None:
     if not SETTINGS.json:
         for line in lines:
             click.echo(line, err=True)
-    raise IntegrityError(
-        f"{bundle}: {len(result.problems)} problem(s); first: {result.problems[0]}",
-        "copy the bundle again from the source media",
+    hint = (
+        "copy the parts named above again from the source media"
+        if reader.part_problems()
+        else "copy the bundle again from the source media"
     )
+    error = IntegrityError(
+        f"{bundle}: {len(result.problems)} problem(s); first: {result.problems[0]}",
+        hint,
+    )
+    error.partial = {"bundle": bundle, "problems": result.problems}
+    raise error
 
 
 @main.command("list")
@@ -315,6 +496,8 @@ def _list_lines(index: DigestIndex, prefix: str) -> list[str]:
         if item.get("sourceDigest"):
             digest += f" (source {item['sourceDigest']})"
         marker = " [registry image]" if item["registryImage"] else ""
+        if item.get("attachmentOf"):
+            marker = f" [attached to {item['attachmentOf'][:19]}]"
         rows.append(
             (
                 item["source"] + marker,
@@ -324,38 +507,45 @@ def _list_lines(index: DigestIndex, prefix: str) -> list[str]:
                 human_size(item["size"]),
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip()
-        + "  "
-        + r[4]
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
         for r in rows
     ]
 
 
-_UNITS = {
-    "": 1,
-    "K": 10**3,
-    "M": 10**6,
-    "G": 10**9,
-    "T": 10**12,
-    "KI": 2**10,
-    "MI": 2**20,
-    "GI": 2**30,
-    "TI": 2**40,
-}
+@main.command("inventory")
+@click.option("--registry", required=True, metavar="HOST[:PORT]")
+@click.option(
+    "-o", "--output", required=True, metavar="FILE", help="The inventory to write."
+)
+@registry_options
+@common
+def inventory_command(registry: str, output: str, pool_options: dict[str, Any]) -> None:
+    """Record what a registry holds, for a later pack --since FILE."""
+    pool_options["credentials"].explicit_for = registry
+    held = inventory.take(RegistryPool(**pool_options).get(registry))
+    inventory.write(held, output)
+    blobs = len(held.blobs())
+    emit(
+        {"inventory": output, "repositories": len(held.repositories), "blobs": blobs},
+        [f"{output}: {len(held.repositories)} repositories, {blobs} blobs"],
+    )
 
 
-def parse_size(text: str) -> int:
-    """``700M``, ``4G``, ``4.7GB``: decimal units; ``512MiB``: binary."""
-    value = text.strip().upper().removesuffix("B")
-    number = value.rstrip("KMGTI")
-    unit = value[len(number) :]
-    try:
-        size = int(float(number) * _UNITS[unit])
-    except (KeyError, ValueError) as exc:
-        hint = "write e.g. 50M, 4.7GB or 512MiB"
-        raise UsageError(f"invalid size {text!r}", hint) from exc
-    if size <= 0:
-        raise UsageError(f"invalid size {text!r}", "a size must be positive")
-    return size
+@main.group("cache")
+def cache_group() -> None:
+    """The blob cache that lets an interrupted pack resume."""
+
+
+@cache_group.command("prune")
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="The cache.")
+@common
+def cache_prune_command(cache_dir: str | None) -> None:
+    """Remove every cached blob."""
+    cache = BlobCache(Path(cache_dir) if cache_dir else None)
+    count, size = cache.prune()
+    emit(
+        {"cache": str(cache.root), "removed": count, "bytes": size},
+        [f"{cache.root}: removed {count} blobs, {human_size(size)}"],
+    )

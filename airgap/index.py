@@ -51,6 +51,9 @@ class ImageRecord:
     registry_image: bool = False
     source_digest: Digest | None = None
     origin: str = "registry"
+    # A signature, attestation, SBOM or other referrer of the manifest with
+    # this digest; pushed after it, into the same repository.
+    attachment_of: Digest | None = None
 
     @property
     def target_repository(self) -> str:
@@ -77,11 +80,14 @@ class ImageRecord:
         }
         if self.source_digest:
             out["sourceDigest"] = str(self.source_digest)
+        if self.attachment_of:
+            out["attachmentOf"] = str(self.attachment_of)
         return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImageRecord:
         source_digest = data.get("sourceDigest")
+        attachment_of = data.get("attachmentOf")
         return cls(
             source=str(data["source"]),
             target=str(data["target"]),
@@ -93,6 +99,7 @@ class ImageRecord:
             registry_image=bool(data.get("registryImage")),
             source_digest=Digest.parse(source_digest) if source_digest else None,
             origin=str(data.get("origin", "registry")),
+            attachment_of=Digest.parse(attachment_of) if attachment_of else None,
         )
 
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from airgap import archive
+from airgap.baseline import omitted
 from airgap.bundle import blob_name
 from airgap.copy import docker_manifest
 from airgap.daemon import Daemon, PipeLoad
@@ -89,6 +90,7 @@ class DockerLoader:
     def _plan(self) -> set[Digest]:
         if self._needed is None:
             self._needed = set()
+            left_out = omitted(self.index)
             for record in self.index.images:
                 manifest = docker_manifest(
                     self.manifests, self.configs, record.digest, self.platform
@@ -96,6 +98,13 @@ class DockerLoader:
                 if manifest is None or manifest.config is None:
                     log.info(
                         "%s has no %s image; not loaded", record.target, self.platform
+                    )
+                    continue
+                if any(blob.digest in left_out for blob in manifest.blobs):
+                    log.warning(
+                        "%s not loaded: a differential bundle left out some of its "
+                        "blobs; push it into the registry that holds them instead",
+                        record.target,
                     )
                     continue
                 self.chosen[id(record)] = manifest

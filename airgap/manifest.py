@@ -21,6 +21,8 @@ OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 IMAGE_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
@@ -28,6 +30,19 @@ MANIFEST_TYPES = INDEX_TYPES + IMAGE_TYPES
 SCHEMA1_TYPES = (DOCKER_SCHEMA1, DOCKER_SCHEMA1_SIGNED)
 ACCEPT = ", ".join(MANIFEST_TYPES)
 IMAGE_CONFIG_TYPES = (DOCKER_CONFIG, OCI_CONFIG)
+
+
+class Schema1Manifest(UnsupportedManifest):
+    """A schema 1 manifest: refused, unless converted; it keeps its bytes for
+    the converter."""
+
+    def __init__(self, what: str, raw: bytes) -> None:
+        super().__init__(
+            f"{what} is a schema 1 manifest, which cannot be carried digest for digest",
+            "pass --convert-schema1 to convert it to schema 2 (its digest changes), "
+            "or re-push the image with a current client",
+        )
+        self.raw = raw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +61,10 @@ class Manifest:
             raise BundleCorrupt(f"manifest is not JSON: {exc}") from exc
         if not isinstance(data, dict):
             raise BundleCorrupt("manifest is not a JSON object")
-        return cls(raw, classify(data, content_type), data)
+        media_type = classify(data, content_type)
+        if media_type in SCHEMA1_TYPES:
+            raise Schema1Manifest("the manifest", raw)
+        return cls(raw, media_type, data)
 
     @property
     def digest(self) -> Digest:
@@ -85,6 +103,21 @@ class Manifest:
         return ([config] if config else []) + self.layers
 
     @property
+    def foreign_layers(self) -> list[Descriptor]:
+        """Layers a client may fetch from their ``urls`` instead of a registry."""
+        return [layer for layer in self.layers if layer.urls]
+
+    @property
+    def artifact_type(self) -> str | None:
+        """What a referrer is, as the referrers API reports it: its
+        ``artifactType``, else its config's media type."""
+        declared = self.data.get("artifactType")
+        if isinstance(declared, str) and declared:
+            return declared
+        config = self.config
+        return config.media_type if config else None
+
+    @property
     def subject(self) -> Descriptor | None:
         subject = self.data.get("subject")
         return Descriptor.from_json(subject) if subject else None
@@ -93,25 +126,19 @@ class Manifest:
 def classify(data: dict[str, Any], content_type: str | None = None) -> str:
     """The media type of a manifest, from its field, else the server's, else its
     structure (old clients push manifests without ``mediaType``)."""
+    if data.get("schemaVersion") == 1 or "fsLayers" in data:
+        return DOCKER_SCHEMA1_SIGNED if "signatures" in data else DOCKER_SCHEMA1
     declared = data.get("mediaType")
+    served = (content_type or "").split(";")[0].strip()
     if isinstance(declared, str) and declared:
-        media_type = declared
-    elif content_type and content_type.split(";")[0].strip() in MANIFEST_TYPES:
-        media_type = content_type.split(";")[0].strip()
-    elif data.get("schemaVersion") == 1 or "fsLayers" in data:
-        media_type = DOCKER_SCHEMA1_SIGNED
-    elif "manifests" in data:
-        media_type = OCI_INDEX
-    elif "config" in data or "layers" in data:
-        media_type = OCI_MANIFEST
-    else:
-        raise BundleCorrupt("content is neither an image manifest nor an index")
-    if media_type in SCHEMA1_TYPES or data.get("schemaVersion") == 1:
-        raise UnsupportedManifest(
-            "schema 1 manifest",
-            "schema 1 is deprecated; re-push the image with a current client",
-        )
-    return media_type
+        return declared
+    if served in MANIFEST_TYPES:
+        return served
+    if "manifests" in data:
+        return OCI_INDEX
+    if "config" in data or "layers" in data:
+        return OCI_MANIFEST
+    raise BundleCorrupt("content is neither an image manifest nor an index")
 
 
 def platform_of_config(config: bytes) -> Platform | None:

@@ -16,14 +16,15 @@ from airgap.errors import (
     ManifestUnknown,
     RegistryError,
 )
-from airgap.manifest import ACCEPT, Manifest
+from airgap.manifest import ACCEPT, OCI_INDEX, Manifest, Schema1Manifest
 from airgap.reference import Reference
 from airgap.streams import Reader
-from airgap.transport import Transport, registry_error_codes
+from airgap.transport import Transport, redact, registry_error_codes
 
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+URL_TIMEOUT = (15, 300)
 
 
 def pull_scope(repo: str) -> str:
@@ -50,70 +51,131 @@ class Registry:
     # -- manifests ----------------------------------------------------------
 
     def get_manifest(self, repo: str, ref: str) -> Manifest:
-        response = self.transport.request(
-            "GET",
-            f"/v2/{repo}/manifests/{ref}",
-            scopes=[pull_scope(repo)],
-            headers={"Accept": ACCEPT},
-            expect=(200, 404),
-        )
-        if response.status_code == 404:
+        manifest = self.find_manifest(repo, ref)
+        if manifest is None:
             raise ManifestUnknown(
-                f"{self.display}/{repo}:{ref} not found"
-                if not ref.startswith("sha256:")
-                else f"{self.display}/{repo}@{ref} not found",
+                f"{self._name(repo, ref)} not found",
                 "check the name and tag, and that the account may read it",
             )
-        raw = response.content
-        manifest = Manifest.parse(raw, response.headers.get("Content-Type"))
+        return manifest
+
+    def find_manifest(self, repo: str, ref: str) -> Manifest | None:
+        """The manifest ``ref`` names, or None when the registry has none."""
+        response = self._manifest_response(repo, ref)
+        if response.status_code == 404:
+            return None
+        try:
+            manifest = Manifest.parse(
+                response.content, response.headers.get("Content-Type")
+            )
+        except Schema1Manifest as exc:
+            raise Schema1Manifest(self._name(repo, ref), exc.raw) from None
         if ref.startswith("sha256:") and str(manifest.digest) != ref:
             # The bytes decide, never the server's Docker-Content-Digest.
             raise DigestMismatch(
-                f"{self.display}/{repo}@{ref} served a manifest whose digest is "
+                f"{self._name(repo, ref)} served a manifest whose digest is "
                 f"{manifest.digest}"
             )
         return manifest
 
+    def has_manifest(self, repo: str, ref: str) -> bool:
+        """Whether ``ref`` names a manifest; a HEAD, which Docker Hub does not
+        count against its pull limit, so probing tags costs nothing there."""
+        response = self.transport.request(
+            "HEAD",
+            f"/v2/{repo}/manifests/{ref}",
+            scopes=[pull_scope(repo)],
+            headers={"Accept": ACCEPT},
+            expect=(200, 404),
+        )
+        return response.status_code == 200
+
     def manifest_digest(self, repo: str, ref: str) -> Digest | None:
         """The digest of what ``ref`` names now, from the bytes, or None."""
-        response = self.transport.request(
+        response = self._manifest_response(repo, ref)
+        return Digest.of(response.content) if response.status_code == 200 else None
+
+    def _manifest_response(self, repo: str, ref: str) -> requests.Response:
+        return self.transport.request(
             "GET",
             f"/v2/{repo}/manifests/{ref}",
             scopes=[pull_scope(repo)],
             headers={"Accept": ACCEPT},
             expect=(200, 404),
         )
-        return Digest.of(response.content) if response.status_code == 200 else None
 
-    def put_manifest(self, repo: str, ref: str, manifest: Manifest) -> None:
+    def _name(self, repo: str, ref: str) -> str:
+        sep = "@" if ref.startswith("sha256:") else ":"
+        return f"{self.display}/{repo}{sep}{ref}"
+
+    def put_manifest(self, repo: str, ref: str, manifest: Manifest) -> bool:
+        """PUT and read back; True when the registry says it indexed the
+        manifest's subject for its referrers API (the ``OCI-Subject`` header)."""
+        foreign = bool(manifest.foreign_layers)
         response = self.transport.request(
             "PUT",
             f"/v2/{repo}/manifests/{ref}",
             scopes=[push_scope(repo)],
             headers={"Content-Type": manifest.media_type},
             data=manifest.raw,
-            expect=(200, 201, 202, 400),
+            # distribution refuses URLs with a 500, which no retry will heal.
+            expect=(200, 201, 202, 400, 500) if foreign else (200, 201, 202, 400),
+            retry=not foreign,
         )
-        if response.status_code == 400:
-            raise _manifest_refused(response, f"{self.display}/{repo}:{ref}")
+        if response.status_code in (400, 500):
+            raise _manifest_refused(response, self._name(repo, ref), manifest)
         pushed = self.manifest_digest(repo, ref)
         if pushed != manifest.digest:
             raise DigestMismatch(
-                f"{self.display}/{repo}:{ref} reads back as {pushed}, "
+                f"{self._name(repo, ref)} reads back as {pushed}, "
                 f"pushed {manifest.digest}"
             )
+        return bool(manifest.subject and response.headers.get("OCI-Subject"))
+
+    def referrers(self, repo: str, digest: Digest) -> list[Descriptor] | None:
+        """What the referrers API lists for ``digest``; None when the registry
+        has no referrers API. The spec says 404 (distribution 2.8 does); some
+        registries answer 400, 405 or 501 instead."""
+        found: list[Descriptor] = []
+        url: str | None = f"/v2/{repo}/referrers/{digest}"
+        while url:
+            response = self.transport.request(
+                "GET",
+                url,
+                scopes=[pull_scope(repo)],
+                headers={"Accept": OCI_INDEX},
+                expect=(200, 400, 404, 405, 501),
+            )
+            if response.status_code != 200:
+                return None
+            found += Manifest.parse(response.content, OCI_INDEX).children
+            following = response.links.get("next", {}).get("url")
+            url = self._absolute(following) if following else None
+        return found
 
     # -- blobs --------------------------------------------------------------
 
     def blob_exists(self, repo: str, digest: Digest) -> bool:
-        response = self.transport.request(
+        return self._head_blob(repo, digest).status_code == 200
+
+    def blob_size(self, repo: str, digest: Digest) -> int:
+        """The blob's size as the registry states it."""
+        response = self._head_blob(repo, digest)
+        length = response.headers.get("Content-Length", "")
+        if response.status_code != 200 or not length.isdigit():
+            raise RegistryError(
+                f"{self.display}/{repo} has no blob {digest} of a stated size"
+            )
+        return int(length)
+
+    def _head_blob(self, repo: str, digest: Digest) -> requests.Response:
+        return self.transport.request(
             "HEAD",
             f"/v2/{repo}/blobs/{digest}",
             scopes=[pull_scope(repo)],
             expect=(200, 404),
             allow_redirects=True,
         )
-        return response.status_code == 200
 
     def get_blob(self, repo: str, desc: Descriptor) -> bytes:
         check = HashingCheck(desc, f"blob {desc.digest} of {self.display}/{repo}")
@@ -135,10 +197,17 @@ class Registry:
             f"/v2/{repo}/blobs/{desc.digest}",
             scopes=[pull_scope(repo)],
             stream=True,
-            expect=(200,),
+            expect=(200, 404) if desc.urls else (200,),
         )
+        if response.status_code == 404:
+            response.close()
+            log.info(
+                "%s lacks foreign layer %s: trying its URLs", self.display, desc.digest
+            )
+            yield from _url_chunks(desc, check)
+            return
         with response:
-            for chunk in response.iter_content(CHUNK):
+            for chunk in self.transport.chunks(response, CHUNK):
                 check.update(chunk)
                 yield chunk
 
@@ -256,6 +325,45 @@ class Registry:
         return list(response.json().get("tags") or [])
 
 
+def _url_chunks(desc: Descriptor, check: HashingCheck) -> Iterator[bytes]:
+    """A foreign layer from the first of its URLs that serves it. These are
+    other hosts: no registry credential or CA goes there, the system's trust
+    does (``verify`` spelled out: see transport.py)."""
+    failures = []
+    for url in desc.urls:
+        try:
+            response = requests.get(url, stream=True, timeout=URL_TIMEOUT, verify=True)
+        except requests.RequestException as exc:
+            failures.append(f"{redact(url)}: {type(exc).__name__}")
+            continue
+        if response.status_code != 200:
+            failures.append(f"{redact(url)}: {response.status_code}")
+            response.close()
+            continue
+        yield from _url_body(response, url, check)
+        return
+    raise RegistryError(
+        f"foreign layer {desc.digest} is neither in the registry nor at its URLs "
+        f"({'; '.join(failures)})",
+        "the layer is non-distributable: fetch it where its licence allows",
+    )
+
+
+def _url_body(
+    response: requests.Response, url: str, check: HashingCheck
+) -> Iterator[bytes]:
+    with response:
+        try:
+            for chunk in response.iter_content(CHUNK):
+                check.update(chunk)
+                yield chunk
+        except requests.RequestException as exc:
+            raise RegistryError(
+                f"{redact(url)} broke off while sending a foreign layer: "
+                f"{type(exc).__name__}"
+            ) from exc
+
+
 class _SizedReader:
     """A body with a known length, so requests sends Content-Length rather than
     chunked transfer encoding, which some registries and proxies refuse."""
@@ -271,19 +379,38 @@ class _SizedReader:
         return self._body.read(n)
 
 
-def _manifest_refused(response: requests.Response, what: str) -> RegistryError:
+def _manifest_refused(
+    response: requests.Response, what: str, manifest: Manifest
+) -> RegistryError:
     codes = registry_error_codes(response)
+    if manifest.foreign_layers and _refuses_urls(response, codes, manifest):
+        return RegistryError(
+            f"{what}: the registry refuses layers with external URLs "
+            f"(non-distributable layers, {len(manifest.foreign_layers)} here)",
+            "allow them in the registry's config; for distribution: "
+            "validation.manifests.urls.allow: ['^https?://']",
+        )
     if "MANIFEST_BLOB_UNKNOWN" in codes or "BLOB_UNKNOWN" in codes:
         return RegistryError(
             f"{what}: the registry lacks a blob the manifest names",
             "run 'airgap verify' on the bundle",
         )
-    if "MANIFEST_INVALID" in codes and b"url" in response.content.lower():
-        return RegistryError(
-            f"{what}: the registry refuses layers with external URLs",
-            "allow them in the registry config: validation.manifests.urls.allow",
-        )
-    return RegistryError(f"{what}: manifest refused ({', '.join(sorted(codes))})")
+    listed = ", ".join(sorted(codes)) or f"status {response.status_code}"
+    return RegistryError(f"{what}: manifest refused ({listed})")
+
+
+def _refuses_urls(
+    response: requests.Response, codes: set[str], manifest: Manifest
+) -> bool:
+    """Whether a refusal is about the layers' URLs. distribution 2.8 reports a
+    URL it does not allow as an unknown blob, naming the foreign layer, even
+    though the blob was pushed first."""
+    body = response.text
+    if "MANIFEST_INVALID" in codes and "url" in body.lower():
+        return True
+    return "MANIFEST_BLOB_UNKNOWN" in codes and any(
+        str(layer.digest) in body for layer in manifest.foreign_layers
+    )
 
 
 class RegistryPool:

@@ -278,6 +278,7 @@ class _Spool:
         if wanted is None or not self._complete(wanted[1]):
             return self
         self.bootstrap.start(wanted[0], wanted[1], self.paths)
+        check_target(work.placer, self.index, work.repos_for)
         self._hand_over(work)
         return None
 
