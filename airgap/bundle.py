@@ -129,10 +129,13 @@ def oci_index(records: list[ImageRecord], sizes: dict[Digest, BlobRecord]) -> by
     """The OCI ``index.json`` naming every image by its target name."""
     manifests = []
     for record in records:
-        annotations = {
-            REF_NAME: record.target,
-            CONTAINERD_NAME: f"{_source_registry(record)}/{record.target}",
-        }
+        full = f"{_source_registry(record)}/{record.target}"
+        if record.target_tag:
+            annotations = {REF_NAME: record.target, CONTAINERD_NAME: full}
+        else:
+            # untagged (digest-only, attachments): no name a tool could mistake
+            # for a tag; containerd takes a digest reference
+            annotations = {CONTAINERD_NAME: f"{full}@{record.digest}"}
         manifests.append(
             {
                 "mediaType": record.media_type,

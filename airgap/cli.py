@@ -70,20 +70,41 @@ def _report(
         click.echo(json.dumps({"ok": False, "error": error, **partial}, indent=2))
 
 
+def _output_options(func: F) -> F:
+    for option in (
+        click.option("--debug", is_flag=True, help="Tracebacks on errors."),
+        click.option(
+            "--json", "as_json", is_flag=True, help="Machine-readable result."
+        ),
+        click.option(
+            "-q", "--quiet", count=True, help="No progress bars, fewer log lines."
+        ),
+        click.option(
+            "-v", "--verbose", count=True, help="More log lines (-vv for HTTP)."
+        ),
+    ):
+        func = option(func)
+    return func
+
+
+def _apply(verbose: int, quiet: int, as_json: bool, debug: bool) -> None:
+    """Adds to what the group's options set, so ``airgap -v pack`` and
+    ``airgap pack -v`` mean the same."""
+    SETTINGS.verbose += verbose
+    SETTINGS.quiet += quiet
+    SETTINGS.json = SETTINGS.json or as_json
+    SETTINGS.debug = SETTINGS.debug or debug
+    quiet_level = SETTINGS.quiet + (1 if SETTINGS.json else 0)
+    airgap_log.configure(SETTINGS.verbose, quiet_level)
+
+
 def common(func: F) -> F:
     """-v/-q/--json/--debug, which every command takes."""
 
-    @click.option("-v", "--verbose", count=True, help="More log lines (-vv for HTTP).")
-    @click.option(
-        "-q", "--quiet", count=True, help="No progress bars, fewer log lines."
-    )
-    @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
-    @click.option("--debug", is_flag=True, help="Tracebacks on errors.")
+    @_output_options
     @functools.wraps(func)
     def wrapper(verbose: int, quiet: int, as_json: bool, debug: bool, **kw: Any) -> Any:
-        SETTINGS.verbose, SETTINGS.quiet = verbose, quiet
-        SETTINGS.json, SETTINGS.debug = as_json, debug
-        airgap_log.configure(verbose, quiet + (1 if as_json else 0))
+        _apply(verbose, quiet, as_json, debug)
         return func(**kw)
 
     return wrapper
@@ -152,12 +173,16 @@ def emit(result: dict[str, Any], lines: list[str], err: bool = False) -> None:
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="airgap")
-def main() -> None:
+@_output_options
+def main(verbose: int, quiet: int, as_json: bool, debug: bool) -> None:
     """Carry container images into networks with no internet, digest for digest.
 
     On the connected host, `airgap pack` writes one bundle; on the isolated host,
     `airgap unpack` verifies it and pushes every image into a registry.
     """
+    # one process may run several commands (tests do): start from scratch
+    vars(SETTINGS).update(vars(Settings()))
+    _apply(verbose, quiet, as_json, debug)
 
 
 def human_size(size: float) -> str:
