@@ -86,7 +86,10 @@ def bundle(tmp_path: Path, registry: Registry, cli) -> Path:
     ib.push_image(registry, "team/hello", "1", hello_image("hello"))
     ib.push_image(registry, "team/bye", "1", hello_image("bye"))
     multi = ib.index(
-        [(hello_image("amd"), "linux/amd64"), (hello_image("arm", "arm64"), "linux/arm64")]
+        [
+            (hello_image("amd"), "linux/amd64"),
+            (hello_image("arm", "arm64"), "linux/arm64"),
+        ]
     )
     ib.push_index(registry, "team/multi", "1", multi)
     listing = tmp_path / "images.yaml"
@@ -103,10 +106,14 @@ def bundle(tmp_path: Path, registry: Registry, cli) -> Path:
 
 def _start_args(port: int, name: str) -> list[str]:
     return [
-        "--registry", f"127.0.0.1:{port}", "--start-registry",
-        "--registry-network", "host", "--registry-name", name,
+        "--registry",
+        f"127.0.0.1:{port}",
+        "--start-registry",
+        "--registry-network",
+        "host",
+        "--registry-name",
+        name,
     ]
-
 
 
 def _plain(port: int) -> Registry:
@@ -182,15 +189,24 @@ def test_start_registry_with_htpasswd_and_tls_needs_the_login(
     (tmp_path / "htpasswd").write_bytes(htpasswd)
     args = [
         *_start_args(port, name),
-        "--registry-htpasswd", str(tmp_path / "htpasswd"),
-        "--registry-tls-cert", str(tmp_path / "chain.pem"),
-        "--registry-tls-key", str(tmp_path / "key.pem"),
-        "--ca-cert", str(tmp_path / "ca.pem"),
+        "--registry-htpasswd",
+        str(tmp_path / "htpasswd"),
+        "--registry-tls-cert",
+        str(tmp_path / "chain.pem"),
+        "--registry-tls-key",
+        str(tmp_path / "key.pem"),
+        "--ca-cert",
+        str(tmp_path / "ca.pem"),
     ]
 
     anonymous = cli("unpack", str(bundle), *args)
     logged_in = cli(
-        "unpack", str(bundle), *args, "--username", "ops", "--password-stdin",
+        "unpack",
+        str(bundle),
+        *args,
+        "--username",
+        "ops",
+        "--password-stdin",
         input="s3cret\n",
     )
 
@@ -204,9 +220,14 @@ def test_load_puts_only_the_bundle_platform_into_docker_with_checked_ids(
     result = cli("unpack", str(bundle), "--load", "--json")
 
     assert result.exit_code == 0, result
-    loaded = {item["name"]: item["imageId"] for item in json.loads(result.stdout)["loaded"]}
+    loaded = {
+        item["name"]: item["imageId"] for item in json.loads(result.stdout)["loaded"]
+    }
     assert set(loaded) == {
-        "team/hello:1", "team/bye:1", "team/multi:1", "library/registry:2"
+        "team/hello:1",
+        "team/bye:1",
+        "team/multi:1",
+        "library/registry:2",
     }
     assert loaded["team/multi:1"] == hello_image("amd").config.digest
     for name, image_id in loaded.items():
@@ -277,9 +298,13 @@ def test_daemon_only_image_is_packed_unpacked_and_pulled_back(
         "run", "--rm", "--network", "host", f"{target.host}/acme/local:dev"
     )
     assert run.stdout.decode().strip() == "built-here"
-    pulled_id = docker_daemon.docker(
-        "inspect", "-f", "{{.Id}}", f"{target.host}/acme/local:dev"
-    ).stdout.decode().strip()
+    pulled_id = (
+        docker_daemon.docker(
+            "inspect", "-f", "{{.Id}}", f"{target.host}/acme/local:dev"
+        )
+        .stdout.decode()
+        .strip()
+    )
     assert pulled_id == local.config.digest
 
 
