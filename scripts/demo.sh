@@ -7,7 +7,11 @@
 #   3. airgap pack -> verify -> list -> unpack into the isolated registry;
 #   4. the bundle checked to hold the layer the images share once;
 #   5. every manifest digest read back from both registries and compared with
-#      the one the bundle records.
+#      the one the bundle records;
+#   6. with a Docker daemon (the host's, or a private dockerd the demo starts
+#      when it runs as root and dockerd is installed): unpack --start-registry
+#      onto a host with no registry, the digests compared again, then unpack
+#      --load and a loaded image run with docker run.
 #
 # Run it as root (or with sudo) from anywhere: bash scripts/demo.sh
 # Everything it makes is under demo-work/, wiped at each start.
@@ -27,11 +31,24 @@ ACCEPT="application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json"
+# What /bin/hello of the hello image prints.
+HELLO_TEXT="hello from the far side of the air gap"
+# The registry container unpack --start-registry runs, and the prefix --load
+# puts before every name, so a host daemon's own busybox keeps its tag.
+DEMO_CONTAINER=airgap-demo-registry
+DOCKER_PREFIX=airgap-demo
+# The name under which --start-registry loads the bundled registry image, and
+# the image ID it had before (restored at exit, for a host daemon's sake).
+REGISTRY_IMAGE=library/registry:2
+REGISTRY_IMAGE_BEFORE=
+DOCKER_USED=false
+DOCKER_SUMMARY="the Docker host part skipped (no daemon)"
 
-# The registries are stopped however the demo ends: success, failure, Ctrl-C
-# or kill (a signal becomes an exit, so the EXIT trap runs).
+# The registries, the container and any dockerd the demo started are stopped
+# however it ends: success, failure, Ctrl-C or kill (a signal becomes an exit,
+# so the EXIT trap runs).
 trap 'log "failed at line $LINENO: $BASH_COMMAND"' ERR
-trap stop_registries EXIT
+trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
@@ -78,8 +95,7 @@ busybox_rootfs() {
 hello_layer() {
     local dir=$1
     mkdir -p "$dir/bin"
-    printf '%s\n' '#!/bin/sh' 'echo "hello from the far side of the air gap"' \
-        >"$dir/bin/hello"
+    printf '%s\n' '#!/bin/sh' "echo \"$HELLO_TEXT\"" >"$dir/bin/hello"
     chmod 755 "$dir/bin/hello"
 }
 
@@ -286,34 +302,139 @@ EOF
     done
 }
 
-# --- the demo ----------------------------------------------------------------
+# --- a Docker host -----------------------------------------------------------
 
-# Section 2, disabled: when a Docker daemon answers (docker info works), stop the
-# isolated registry and run `airgap unpack BUNDLE --registry 127.0.0.1:PORT
-# --start-registry`, so airgap starts the bundled registry:2 in Docker on a host
-# with no registry running, then compare the digests there too.
-demo_start_registry_from_bundle() {
-    # TODO(#3): write this section once unpack --start-registry is implemented.
-    log "skipped: unpack --start-registry onto a host with no registry (#3)"
+# docker_available: true when a Docker daemon answers, the host's or, when none
+# does and we are root with dockerd installed, a private one started here.
+docker_available() {
+    if docker info >/dev/null 2>&1; then
+        log "using the Docker daemon at ${DOCKER_HOST:-its default socket}"
+        return 0
+    fi
+    if ((EUID != 0)) || ! command -v dockerd >/dev/null; then
+        return 1
+    fi
+    log "no Docker daemon answers; starting a private dockerd"
+    start_dockerd
 }
+
+# Notes the image ID now under REGISTRY_IMAGE, then clears the demo's leftovers
+# from an earlier run: a container of its name would be reused, on its old port.
+prepare_docker() {
+    DOCKER_USED=true
+    REGISTRY_IMAGE_BEFORE=$(docker image inspect -f '{{.Id}}' "$REGISTRY_IMAGE" \
+        2>/dev/null || true)
+    docker rm -f "$DEMO_CONTAINER" >/dev/null 2>&1 || true
+}
+
+# Removes the registry container and the loaded images, and gives
+# REGISTRY_IMAGE back the image it named before the demo.
+clean_docker() {
+    local image ours
+    [[ $DOCKER_USED == true ]] || return 0
+    docker rm -f "$DEMO_CONTAINER" >/dev/null 2>&1 || true
+    for image in "${IMAGES[@]}"; do
+        docker image rm "$DOCKER_PREFIX/$image" >/dev/null 2>&1 || true
+    done
+
+    ours=$(docker image inspect -f '{{.Id}}' "$REGISTRY_IMAGE" 2>/dev/null || true)
+    if [[ -n $ours && $ours != "$REGISTRY_IMAGE_BEFORE" ]]; then
+        if [[ -n $REGISTRY_IMAGE_BEFORE ]]; then
+            docker tag "$REGISTRY_IMAGE_BEFORE" "$REGISTRY_IMAGE" || true
+        fi
+        docker image rm "$ours" >/dev/null 2>&1 || true
+    fi
+    DOCKER_USED=false
+}
+
+cleanup() {
+    clean_docker
+    stop_registries
+    stop_dockerd
+}
+
+# image_config UPSTREAM IMAGE: the config digest of IMAGE's manifest as upstream
+# served it, which is the image ID Docker must give it.
+image_config() {
+    python3 -c 'import json, sys
+print(json.load(open(sys.argv[1]))["config"]["digest"])' \
+        "$WORK/manifests/$1/${2%:*}/${2##*:}.json"
+}
+
+# run_loaded UPSTREAM: the images --load put into Docker carry the config digests
+# upstream has, and they run.
+run_loaded() {
+    local upstream=$1 image name want got out
+    for image in "${IMAGES[@]}"; do
+        name=$DOCKER_PREFIX/$image
+        want=$(image_config "$upstream" "$image")
+        got=$(docker image inspect -f '{{.Id}}' "$name")
+        [[ $got == "$want" ]] || die "docker has $name as $got, upstream $want"
+        log "  same: $name image ID $got"
+    done
+
+    name=$DOCKER_PREFIX/library/hello:1.0
+    out=$(docker run --rm --network host "$name")
+    [[ $out == "$HELLO_TEXT" ]] || die "docker run $name printed '$out'"
+    log "  docker run --rm --network host $name -> $out"
+    name=$DOCKER_PREFIX/library/busybox:latest
+    out=$(docker run --rm --network host "$name" echo "busybox runs in Docker")
+    [[ $out == "busybox runs in Docker" ]] || die "docker run $name printed '$out'"
+    log "  docker run --rm --network host $name echo ... -> $out"
+}
+
+# demo_docker_host UPSTREAM: the isolated host has Docker and no registry.
+demo_docker_host() {
+    local upstream=$1 registry
+    section "a Docker host with no registry: unpack --start-registry"
+    if ! docker_available; then
+        log "skipped: no Docker daemon answers, and starting one needs root and dockerd"
+        return 0
+    fi
+    prepare_docker
+    registry=127.0.0.1:$(free_port)
+    log "airgap unpack --start-registry (nothing listens at $registry)"
+    airgap unpack "$BUNDLE" --registry "$registry" --start-registry \
+        --registry-network host --registry-name "$DEMO_CONTAINER" \
+        --registry-data "$WORK/registry-data"
+    log "the registry airgap started from the bundle holds:"
+    show_registry "$registry"
+    log "digests upstream, in the bundle and in that registry:"
+    compare_digests "$upstream" "$registry"
+
+    section "straight into Docker: unpack --load"
+    airgap unpack "$BUNDLE" --load --prefix "$DOCKER_PREFIX"
+    run_loaded "$upstream"
+    log "removing the registry container: docker rm -f $DEMO_CONTAINER"
+    docker rm -f "$DEMO_CONTAINER" >/dev/null
+    DOCKER_SUMMARY="also in the registry --start-registry ran; --load images run"
+}
+
+# --- the demo ----------------------------------------------------------------
 
 main() {
     local upstream isolated
+    section "setup: Debian packages, the venv, two local registries"
     log "installing what the demo needs (quick when it is there already)"
     ensure_apt_packages "${AIRGAP_APT_PACKAGES[@]}"
     ensure_venv
     activate_venv
-    rm -rf "$WORK"
+    # A registry container writes its storage as root; a sudo-less rerun needs
+    # root to remove it.
+    rm -rf "$WORK" 2>/dev/null || as_root rm -rf "$WORK"
     mkdir -p "$WORK"
 
     start_registry upstream "$WORK/upstream"
     upstream=$REGISTRY_ADDR
     start_registry isolated "$WORK/isolated"
     isolated=$REGISTRY_ADDR
+
+    section "images built from Debian packages, pushed upstream"
     build_and_push_images "$upstream"
     log "upstream holds:"
     show_registry "$upstream"
 
+    section "the connected side: airgap pack, verify, list"
     log "airgap pack (docker.io is served by $upstream)"
     airgap pack manifests/demo.yaml -o "$BUNDLE" --mirror "docker.io=$upstream"
     log "airgap verify"
@@ -321,6 +442,8 @@ main() {
     log "airgap list"
     airgap list "$BUNDLE"
     count_blobs "$upstream"
+
+    section "the isolated side: airgap unpack into a running registry"
     log "airgap unpack into the isolated registry ($isolated)"
     airgap unpack "$BUNDLE" --registry "$isolated"
 
@@ -328,8 +451,10 @@ main() {
     show_registry "$isolated"
     log "digests upstream, in the bundle and in the isolated registry:"
     compare_digests "$upstream" "$isolated"
-    # demo_start_registry_from_bundle  # disabled until #3
-    echo "demo: OK, ${#IMAGES[@]} images, digests identical upstream and isolated"
+
+    demo_docker_host "$upstream"
+    echo "demo: OK, ${#IMAGES[@]} images, digests identical upstream and isolated;" \
+        "$DOCKER_SUMMARY"
 }
 
 main "$@"

@@ -25,6 +25,11 @@ die() {
     exit 1
 }
 
+# section TITLE: a header between the parts of a long run, easy to spot in a log.
+section() {
+    printf '\n%s: === %s ===\n' "${LOG_NAME:-airgap}" "$*" >&2
+}
+
 # Runs a command as root: directly when we are root (CI), else through sudo.
 as_root() {
     if ((EUID == 0)); then
@@ -113,9 +118,11 @@ print(s.getsockname()[1])'
 REGISTRY_PIDS=()
 
 # start_registry NAME DIR: runs docker-registry on a free loopback port, storing
-# under DIR, and waits until /v2/ answers. Sets REGISTRY_ADDR to HOST:PORT.
+# under DIR (absolute, or relative to the repository root), and waits until /v2/
+# answers. Sets REGISTRY_ADDR to HOST:PORT.
 start_registry() {
     local name=$1 dir=$2 port
+    [[ $dir == /* ]] || dir=$PWD/$dir
     port=$(free_port)
     mkdir -p "$dir/storage"
     cat >"$dir/config.yml" <<EOF
@@ -124,7 +131,7 @@ log:
   level: warn
 storage:
   filesystem:
-    rootdirectory: $PWD/$dir/storage
+    rootdirectory: $dir/storage
   delete:
     enabled: true
 http:
@@ -162,4 +169,71 @@ stop_registries() {
         wait "$pid" 2>/dev/null || true
     done
     REGISTRY_PIDS=()
+}
+
+# A dockerd of our own, started by start_dockerd, stopped by stop_dockerd.
+DOCKERD_ROOT=
+DOCKERD_PID=
+
+# start_dockerd: runs dockerd as tests/servers.py does, with its own data root,
+# exec root and socket, no bridge and no iptables, so neither the host's Docker
+# nor its network is touched. The tree sits in /tmp under a short name because a
+# unix socket path is limited to ~108 bytes. Exports DOCKER_HOST; needs root.
+start_dockerd() {
+    local sock try
+    DOCKERD_ROOT=$(mktemp -d /tmp/agd.XXXXXX)
+    sock=$DOCKERD_ROOT/docker.sock
+    dockerd --data-root="$DOCKERD_ROOT/data" --exec-root="$DOCKERD_ROOT/e" \
+        --pidfile="$DOCKERD_ROOT/dockerd.pid" -H "unix://$sock" \
+        --iptables=false --bridge=none --storage-driver=vfs \
+        </dev/null >"$DOCKERD_ROOT/dockerd.log" 2>&1 &
+    DOCKERD_PID=$!
+    export DOCKER_HOST=unix://$sock
+
+    for try in $(seq 300); do
+        if docker info >/dev/null 2>&1; then
+            log "private dockerd is up at $DOCKER_HOST (pid $DOCKERD_PID)"
+            return 0
+        fi
+        if ! kill -0 "$DOCKERD_PID" 2>/dev/null; then
+            tail -n 20 "$DOCKERD_ROOT/dockerd.log" >&2 || true
+            die "dockerd exited before answering at $DOCKER_HOST"
+        fi
+        sleep 0.2
+    done
+    tail -n 20 "$DOCKERD_ROOT/dockerd.log" >&2 || true
+    die "dockerd did not answer at $DOCKER_HOST within 60 s (try $try)"
+}
+
+# Stops the dockerd start_dockerd started (SIGTERM, SIGKILL after 30 s), undoes
+# the mounts it leaves behind (its netns survives even a clean exit) and removes
+# its tree.
+stop_dockerd() {
+    local try
+    [[ -n $DOCKERD_PID ]] || return 0
+    kill "$DOCKERD_PID" 2>/dev/null || true
+    for try in $(seq 150); do
+        kill -0 "$DOCKERD_PID" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$DOCKERD_PID" 2>/dev/null; then
+        log "dockerd (pid $DOCKERD_PID) still runs after $try tries; killing it"
+        kill -KILL "$DOCKERD_PID" 2>/dev/null || true
+    fi
+    wait "$DOCKERD_PID" 2>/dev/null || true
+
+    unmount_under "$DOCKERD_ROOT"
+    rm -rf --one-file-system "$DOCKERD_ROOT"
+    DOCKERD_PID=
+    DOCKERD_ROOT=
+}
+
+# unmount_under DIR: lazily unmounts every mount point below DIR, innermost
+# (mounted last) first.
+unmount_under() {
+    local point
+    awk -v root="$1/" 'index($2, root) == 1 { print $2 }' /proc/self/mounts |
+        tac | while read -r point; do
+        umount -l "$point" 2>/dev/null || true
+    done
 }
