@@ -111,19 +111,31 @@ class Bootstrap:
     def start(
         self, record: ImageRecord, manifest: Manifest, blob_path: dict[Digest, Path]
     ) -> None:
-        self._load(record, manifest, blob_path)
-        container = self._run(record.target)
+        assert manifest.config is not None
+        name = self._image_name(record.target, str(manifest.config.digest))
+        self._load(name, manifest, blob_path)
+        container = self._run(name)
         self._wait(container)
+
+    def _image_name(self, target: str, image_id: str) -> str:
+        """The target name, unless the daemon already has another image under
+        it: a host's own registry:2 is never retagged behind its owner's back."""
+        held = self.daemon.image_id(target)
+        if held is None or held == image_id:
+            return target
+        name = f"airgap-registry:{image_id.removeprefix('sha256:')[:12]}"
+        log.warning("%s is another image on this daemon; loading as %s", target, name)
+        return name
 
     # -- internals --------------------------------------------------------------
 
     def _load(
-        self, record: ImageRecord, manifest: Manifest, blob_path: dict[Digest, Path]
+        self, name: str, manifest: Manifest, blob_path: dict[Digest, Path]
     ) -> None:
         assert manifest.config is not None
         entry = {
             "Config": blob_name(manifest.config.digest),
-            "RepoTags": [record.target],
+            "RepoTags": [name],
             "Layers": [blob_name(layer.digest) for layer in manifest.layers],
         }
         with tempfile.TemporaryFile() as tar:
@@ -134,13 +146,12 @@ class Bootstrap:
             writer.add_bytes("manifest.json", json.dumps([entry]).encode())
             writer.close()
             tar.seek(0)
-            log.info("loading the bundled registry image %s", record.target)
+            log.info("loading the bundled registry image as %s", name)
             self.daemon.load(tar)
-        loaded = self.daemon.image_id(record.target)
+        loaded = self.daemon.image_id(name)
         if loaded != str(manifest.config.digest):
             raise AirgapError(
-                f"docker loaded {record.target} as {loaded}, "
-                f"expected {manifest.config.digest}"
+                f"docker loaded {name} as {loaded}, expected {manifest.config.digest}"
             )
 
     def _run(self, image: str) -> Any:

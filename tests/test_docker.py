@@ -317,3 +317,24 @@ def test_no_daemon_reachable_exits_3_with_a_hint(
 
     assert result.exit_code == 3, result
     assert "DOCKER_HOST" in result.stderr
+
+
+def test_start_registry_never_retags_a_hosts_own_registry_image(
+    bundle: Path, registry: Registry, cli, docker_env, docker_daemon: DockerDaemon
+) -> None:
+    own = hello_image("the host's own registry")
+    docker_daemon.docker("load", input=ib.docker_archive(own, ["library/registry:2"]))
+    port, name = free_port(), f"reg-{uuid.uuid4().hex[:8]}"
+    docker_env.append(name)
+
+    result = cli("unpack", str(bundle), *_start_args(port, name))
+
+    assert result.exit_code == 0, result
+    kept = docker_daemon.docker("inspect", "-f", "{{.Id}}", "library/registry:2")
+    assert kept.stdout.decode().strip() == own.config.digest
+    running = docker_daemon.docker("inspect", "-f", "{{.Config.Image}}", name)
+    assert running.stdout.decode().strip().startswith("airgap-registry:")
+    assert skopeo_digest("team/bye:1", _plain(port)) == skopeo_digest(
+        "team/bye:1", registry
+    )
+    docker_daemon.docker("rmi", "library/registry:2")
