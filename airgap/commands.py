@@ -34,7 +34,7 @@ from airgap.index import DigestIndex
 from airgap.load import DockerLoader
 from airgap.media import parse_size, parse_split_size
 from airgap.pack import bundle_platform, pack
-from airgap.registry import RegistryPool
+from airgap.registry import Registry, RegistryPool
 from airgap.sync import SyncOptions, sync
 from airgap.unpack import UnpackIncomplete, target_name, unpack
 from airgap.verify import verify
@@ -60,6 +60,46 @@ def resolve_options(func: Any) -> Any:
         return func(**kw)
 
     return wrapper
+
+
+# Options that several commands share, declared once.
+MIRROR = click.option(
+    "--mirror",
+    multiple=True,
+    metavar="REGISTRY=HOST[:PORT]",
+    help="Pull REGISTRY's images from a mirror; names stay as listed.",
+)
+PLATFORMS = click.option(
+    "--platform",
+    "platforms",
+    multiple=True,
+    metavar="OS/ARCH[/VARIANT]",
+    help="Carry only these platforms of multi-platform images.",
+)
+PREFIX = click.option(
+    "--prefix",
+    default="",
+    metavar="PATH",
+    help="Insert PATH before every repository name.",
+)
+CHUNK_SIZE = click.option(
+    "--chunk-size",
+    metavar="SIZE",
+    help="Upload blobs in chunks of SIZE (for proxies that cap bodies).",
+)
+
+
+def _target(
+    registry: str, pool_options: dict[str, Any], chunk_size: str | None, **extra: Any
+) -> tuple[RegistryPool, Registry]:
+    """The pool and the target registry; command-line credentials go to the
+    target only."""
+    pool_options["credentials"].explicit_for = registry
+    pool = RegistryPool(**extra, **pool_options)
+    target = pool.get(registry)
+    if chunk_size:
+        target.chunk_size = parse_size(chunk_size)
+    return pool, target
 
 
 @main.command("pack")
@@ -92,19 +132,8 @@ def resolve_options(func: Any) -> Any:
     show_default=True,
     help="zstd threads (-1: one per core).",
 )
-@click.option(
-    "--mirror",
-    multiple=True,
-    metavar="REGISTRY=HOST[:PORT]",
-    help="Pull REGISTRY's images from a mirror; names stay as listed.",
-)
-@click.option(
-    "--platform",
-    "platforms",
-    multiple=True,
-    metavar="OS/ARCH[/VARIANT]",
-    help="Carry only these platforms of multi-platform images.",
-)
+@MIRROR
+@PLATFORMS
 @click.option(
     "--docker-platform",
     metavar="OS/ARCH[/VARIANT]",
@@ -204,17 +233,8 @@ def pack_command(
 @main.command("unpack")
 @click.argument("bundle")
 @click.option("--registry", metavar="HOST[:PORT]", help="The registry to push into.")
-@click.option(
-    "--prefix",
-    default="",
-    metavar="PATH",
-    help="Insert PATH before every repository name.",
-)
-@click.option(
-    "--chunk-size",
-    metavar="SIZE",
-    help="Upload blobs in chunks of SIZE (for proxies that cap bodies).",
-)
+@PREFIX
+@CHUNK_SIZE
 @click.option(
     "--load",
     is_flag=True,
@@ -281,10 +301,7 @@ def unpack_command(
             "unpack needs --registry HOST[:PORT] or --load",
             "e.g. airgap unpack B --registry localhost:5000 --start-registry",
         )
-    pool_options["credentials"].explicit_for = registry
-    target = RegistryPool(**pool_options).get(registry) if registry else None
-    if target and chunk_size:
-        target.chunk_size = parse_size(chunk_size)
+    target = _target(registry, pool_options, chunk_size)[1] if registry else None
     spec = RegistrySpec(
         name=registry_spec["registry_name"] or "registry",
         data=registry_spec["registry_data"],
@@ -352,30 +369,10 @@ def _emit_unpack(result: Any, registry: str | None) -> None:
 @main.command("sync")
 @click.argument("image_list", metavar="LIST")
 @click.option("--registry", metavar="HOST[:PORT]", help="The registry to copy into.")
-@click.option(
-    "--prefix",
-    default="",
-    metavar="PATH",
-    help="Insert PATH before every repository name.",
-)
-@click.option(
-    "--mirror",
-    multiple=True,
-    metavar="REGISTRY=HOST[:PORT]",
-    help="Pull REGISTRY's images from a mirror; names stay as listed.",
-)
-@click.option(
-    "--platform",
-    "platforms",
-    multiple=True,
-    metavar="OS/ARCH[/VARIANT]",
-    help="Copy only these platforms of multi-platform images.",
-)
-@click.option(
-    "--chunk-size",
-    metavar="SIZE",
-    help="Upload blobs in chunks of SIZE (for proxies that cap bodies).",
-)
+@PREFIX
+@MIRROR
+@PLATFORMS
+@CHUNK_SIZE
 @resolve_options
 @registry_options
 @common
@@ -393,11 +390,9 @@ def sync_command(
     if not registry:
         raise UsageError("sync needs --registry HOST[:PORT]")
     images = load_image_list(image_list)
-    pool_options["credentials"].explicit_for = registry
-    pool = RegistryPool(mirrors=parse_mirrors(mirror), **pool_options)
-    target = pool.get(registry)
-    if chunk_size:
-        target.chunk_size = parse_size(chunk_size)
+    pool, target = _target(
+        registry, pool_options, chunk_size, mirrors=parse_mirrors(mirror)
+    )
     options = SyncOptions(prefix, parse_platforms(platforms), resolve)
     result = sync(images, pool, target, options, SETTINGS.progress)
     emit(
@@ -523,8 +518,7 @@ def _list_lines(index: DigestIndex, prefix: str) -> list[str]:
 @common
 def inventory_command(registry: str, output: str, pool_options: dict[str, Any]) -> None:
     """Record what a registry holds, for a later pack --since FILE."""
-    pool_options["credentials"].explicit_for = registry
-    held = inventory.take(RegistryPool(**pool_options).get(registry))
+    held = inventory.take(_target(registry, pool_options, None)[1])
     inventory.write(held, output)
     blobs = len(held.blobs())
     emit(
