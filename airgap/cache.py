@@ -94,7 +94,8 @@ class BlobCache:
         self, chunks: Iterator[bytes], path: Path, desc: Descriptor
     ) -> Iterator[bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
-        out = AtomicOutput(str(path))
+        # not fsynced: a cached blob is hashed again whenever it is read
+        out = AtomicOutput(str(path), durable=False)
         try:
             for chunk in chunks:
                 out.write(chunk)

@@ -52,8 +52,9 @@ class AtomicOutput:
     """A write-only file that appears under its name only on ``commit()``; it
     hashes what passes, for the ``.sha256`` file written beside it."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, durable: bool = True) -> None:
         self.path = path
+        self.durable = durable
         self.size = 0
         self._hash = hashlib.sha256()
         self._tmp: Path | None = None
@@ -88,10 +89,12 @@ class AtomicOutput:
         self._file.flush()
         if self._tmp is None:
             return
-        os.fsync(self._file.fileno())
+        if self.durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.path)
-        _fsync_dir(Path(self.path).parent)
+        if self.durable:
+            _fsync_dir(Path(self.path).parent)
 
     def abort(self) -> None:
         if self._tmp is None:
