@@ -215,6 +215,22 @@ def _write(
         options.level,
         options.threads,
     )
+    try:
+        _write_members(writer, images, contents, index, options, progress)
+    except BaseException:
+        writer.abandon()  # else tarfile flushes into parts already removed
+        raise
+    writer.close()
+
+
+def _write_members(
+    writer: archive.ArchiveWriter,
+    images: list[ResolvedImage],
+    contents: _Contents,
+    index: DigestIndex,
+    options: PackOptions,
+    progress: Progress,
+) -> None:
     writer.add_bytes("oci-layout", OCI_LAYOUT)
     writer.add_bytes("airgap.json", index.dumps())
     writer.add_bytes("index.json", oci_index(index.images, contents.records))
@@ -230,7 +246,6 @@ def _write(
             reader = ChunkReader(chunks, on_read=bar.update)
             writer.add_stream(blob_name(digest), desc.size, reader)
             reader.finish()
-    writer.close()
 
 
 def _source_registry(record: ImageRecord) -> str:

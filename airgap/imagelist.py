@@ -57,11 +57,7 @@ class ImageList:
             if entry.reference == self.registry_image:
                 entries[i] = dataclasses.replace(entry, is_registry_image=True)
                 return entries
-        entries.append(
-            ImageEntry(
-                self.registry_image, platforms=self.platforms, is_registry_image=True
-            )
-        )
+        entries.append(ImageEntry(self.registry_image, is_registry_image=True))
         return entries
 
 
@@ -126,18 +122,16 @@ def _parse_yaml(text: str, path: str) -> ImageList:
         raise ImageListError(path, _line(images), "'images' must be a list")
     if not images.value:
         raise ImageListError(path, _line(images), "'images' is empty", _NO_IMAGES)
-    entries = [_entry(node, path, platforms) for node in images.value]
+    # An entry keeps only its own platforms: the list-wide ones apply after a
+    # pack --platform, which is decided later (per image, then CLI, then list).
+    entries = [_entry(node, path) for node in images.value]
     return _finish(path, entries, registry_image, platforms)
 
 
-def _entry(
-    node: yaml.Node, path: str, default: tuple[Platform, ...] | None
-) -> ImageEntry:
+def _entry(node: yaml.Node, path: str) -> ImageEntry:
     line = _line(node)
     if isinstance(node, yaml.ScalarNode):
-        return ImageEntry(
-            _reference(node.value, path, line), platforms=default, line=line
-        )
+        return ImageEntry(_reference(node.value, path, line), line=line)
     fields = _mapping(
         node, path, _ENTRY_KEYS, "an image is a reference or a mapping with 'name:'"
     )
@@ -158,7 +152,7 @@ def _entry(
     return ImageEntry(
         reference=_reference(_scalar(fields["name"], path) or "", path, line),
         target=target,
-        platforms=platforms if platforms is not None else default,
+        platforms=platforms,
         source=source,
         line=line,
     )

@@ -106,21 +106,21 @@ def test_registry_image_also_listed_is_carried_once_and_marked() -> None:
     assert [e.is_registry_image for e in entries] == [True, False]
 
 
-def test_global_platforms_apply_to_every_image_and_the_registry_image() -> None:
+def test_global_platforms_stay_on_the_list_so_pack_platform_can_override_them() -> None:
     images = parse("platforms: [linux/amd64]\nimages:\n  - a\n  - b\n", "list.yaml")
 
     assert images.platforms == (AMD64,)
-    assert [e.platforms for e in images.all_entries()] == [(AMD64,)] * 3
+    assert [e.platforms for e in images.all_entries()] == [None] * 3
 
 
-def test_per_image_platforms_override_the_global_ones() -> None:
+def test_per_image_platforms_are_kept_on_their_entry() -> None:
     images = parse(
         "platforms: [linux/amd64]\nimages:\n  - a\n"
         "  - name: b\n    platforms: [linux/amd64, linux/arm64/v8]\n",
         "list.yaml",
     )
 
-    assert images.images[0].platforms == (AMD64,)
+    assert images.images[0].platforms is None
     assert images.images[1].platforms == (AMD64, Platform("linux", "arm64", "v8"))
 
 

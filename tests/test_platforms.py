@@ -110,6 +110,47 @@ def test_a_per_image_platform_in_the_list_selects_for_that_image(
     assert carry.absent(f"team/multi@{upstream.amd.digest}", registry)
 
 
+def test_platforms_are_chosen_per_image_then_by_pack_platform_then_list_wide(
+    tmp_path: Path, upstream: Upstream, registry: Registry, cli: CliFunction
+) -> None:
+    ib.push_index(upstream.registry, "team/other", "3", upstream.multi)
+    image_list = carry.write_list(
+        tmp_path,
+        "registry-image: false\nplatforms: [linux/ppc64le]\nimages:\n"
+        "  - UP/team/multi:3\n"
+        "  - name: UP/team/other:3\n    platforms: [linux/arm64]\n",
+        UP=upstream.registry,
+    )
+
+    bundle = carry.pack(cli, image_list, "--platform", "linux/amd64")
+    carry.unpack(cli, bundle, registry)
+
+    assert children("team/multi:3", registry) == [upstream.amd.digest]
+    assert children("team/other:3", registry) == [upstream.arm.digest]
+
+
+def test_an_unoffered_pack_platform_fails_even_when_the_list_names_platforms(
+    tmp_path: Path, upstream: Upstream, cli: CliFunction
+) -> None:
+    image_list = carry.write_list(
+        tmp_path,
+        "registry-image: false\nplatforms: [linux/amd64]\nimages: [UP/team/multi:3]\n",
+        UP=upstream.registry,
+    )
+
+    result = cli(
+        "pack",
+        str(image_list),
+        "-o",
+        str(tmp_path / "b.tar.zst"),
+        "--platform",
+        "windows/amd64",
+    )
+
+    assert result.exit_code == 2, result
+    assert "windows/amd64" in result.stderr
+
+
 def test_a_digest_pinned_index_with_a_subset_lands_under_the_new_digest_only(
     tmp_path: Path, upstream: Upstream, registry: Registry, cli: CliFunction
 ) -> None:
