@@ -22,6 +22,8 @@ ALLOWED_NAMES = re.compile(
 )
 _ALLOWED_DIRS = {"blobs", "blobs/sha256"}
 COPY_CHUNK = 1 << 20
+# airgap.json for ten thousand images is a few MiB; past this, refuse.
+HEADER_LIMIT = 256 << 20
 _TRUNCATED = "the bundle is truncated: it ends inside a zstd frame"
 
 
@@ -109,8 +111,15 @@ class Member:
         self.size = size
         self.stream = stream
 
-    def read_all(self) -> bytes:
-        data = self.stream.read()
+    def read_all(self, limit: int = HEADER_LIMIT) -> bytes:
+        """The whole member, for the small ones read into memory; a size past
+        ``limit`` is damage or a hostile bundle, not a real index."""
+        if self.size > limit:
+            raise BundleCorrupt(f"{self.name} claims {self.size} bytes; too large")
+        try:
+            data = self.stream.read()
+        except (tarfile.TarError, zstandard.ZstdError, EOFError, OSError) as exc:
+            raise BundleCorrupt(f"{self.name} is damaged or truncated: {exc}") from exc
         if len(data) != self.size:
             raise BundleCorrupt(f"{self.name} is truncated")
         return data

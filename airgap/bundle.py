@@ -331,6 +331,7 @@ class BundleReader:
         self._source = stream
         self._members = archive.read_members(stream)
         self._pending: archive.Member | None = None
+        self.unlisted: list[Digest] = []
 
     def part_problems(self) -> list[str]:
         """Reads what was left unread, checking every part to its end against
@@ -361,9 +362,6 @@ class BundleReader:
         for expected in HEADER_NAMES:
             member = self._next()
             if member is None or member.name != expected:
-                if expected == "manifest.json" and member is not None:
-                    self._pending = member
-                    break
                 got = member.name if member else "the end of the stream"
                 raise BundleCorrupt(
                     f"{self.name}: expected {expected}, found {got}",
@@ -371,7 +369,7 @@ class BundleReader:
                 )
             found[expected] = member.read_all()
         index = DigestIndex.loads(found["airgap.json"], f"{self.name}: airgap.json")
-        return Header(index, found["index.json"], found.get("manifest.json"))
+        return Header(index, found["index.json"], found["manifest.json"])
 
     def blobs(self, index: DigestIndex) -> Iterator[tuple[BlobRecord, archive.Member]]:
         table = {record.digest: record for record in index.blobs}
@@ -381,7 +379,13 @@ class BundleReader:
             digest = Digest("sha256", member.name.rsplit("/", 1)[1])
             record = table.get(digest)
             if record is None:
-                raise BundleCorrupt(f"{self.name}: blob {digest} is not in airgap.json")
+                # Not trusted and not needed: skipped, so one stray member does
+                # not cost the images after it; verify reports it.
+                self.unlisted.append(digest)
+                log.warning(
+                    "%s: blob %s is not in airgap.json; skipped", self.name, digest
+                )
+                continue
             yield record, member
 
     def _next(self) -> archive.Member | None:

@@ -69,6 +69,11 @@ def load(path: str) -> ImageList:
             f"cannot read image list {path}: {exc.strerror}",
             "pass the path of a YAML or text file listing images",
         ) from exc
+    except UnicodeDecodeError as exc:
+        raise UsageError(
+            f"image list {path} is not UTF-8 text (byte {exc.start})",
+            "pass a YAML or text file listing images, not a bundle or binary",
+        ) from exc
     return parse(text, path)
 
 

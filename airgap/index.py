@@ -8,7 +8,8 @@ from typing import Any
 
 from airgap import __version__
 from airgap.descriptor import Digest
-from airgap.errors import BundleCorrupt
+from airgap.errors import AirgapError, BundleCorrupt
+from airgap.reference import Reference
 
 FORMAT_VERSION = 1
 KINDS = ("manifest", "config", "layer")
@@ -90,7 +91,7 @@ class ImageRecord:
         attachment_of = data.get("attachmentOf")
         return cls(
             source=str(data["source"]),
-            target=str(data["target"]),
+            target=_checked_target(str(data["target"])),
             digest=Digest.parse(data["digest"]),
             media_type=str(data["mediaType"]),
             platforms=[str(p) for p in data.get("platforms") or []],
@@ -170,3 +171,19 @@ def split_target(target: str) -> tuple[str, str | None]:
     if colon > target.rfind("/"):
         return target[:colon], target[colon + 1 :]
     return target, None
+
+
+def _checked_target(target: str) -> str:
+    """A target name read from a bundle is input like any other: it becomes a
+    repository path on the isolated registry, so it must follow the grammar."""
+    repo, tag = split_target(target)
+    try:
+        parsed = Reference.parse(f"target.invalid/{target}")
+    except AirgapError as exc:
+        raise BundleCorrupt(
+            f"airgap.json names an invalid target {target!r}: {exc.message}",
+            "the bundle was edited or damaged; pack it again",
+        ) from exc
+    if parsed.repository != repo or parsed.tag != (tag or parsed.tag) or parsed.digest:
+        raise BundleCorrupt(f"airgap.json names an invalid target {target!r}")
+    return target

@@ -21,12 +21,15 @@ from airgap.errors import (
     BundleCorrupt,
     IntegrityError,
     RegistryUnreachable,
+    UsageError,
 )
 from airgap.index import BlobRecord, DigestIndex, ImageRecord, split_target
 from airgap.load import DockerLoader
 from airgap.manifest import Manifest
 from airgap.progress import QUIET, Progress
+from airgap.reference import Reference
 from airgap.registry import Registry
+from airgap.verify import graph_problems, known_digests
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +63,26 @@ def target_name(record: ImageRecord, prefix: str = "") -> tuple[str, str | None]
     ``prefix`` when one is given."""
     repo, tag = split_target(record.target)
     if prefix:
-        repo = f"{prefix.strip('/')}/{repo}"
+        repo = f"{checked_prefix(prefix)}/{repo}"
     return repo, tag
+
+
+def checked_prefix(prefix: str) -> str:
+    """--prefix as a repository path: lowercase components, no '..'."""
+    path = prefix.strip("/")
+    try:
+        parsed = Reference.parse(f"prefix.invalid/{path}/x") if path else None
+    except AirgapError as exc:
+        raise UsageError(
+            f"invalid --prefix {prefix!r}: {exc.message}",
+            "write a repository path such as 'mirror' or 'team/images'",
+        ) from exc
+    if parsed is None or parsed.repository != f"{path}/x":
+        raise UsageError(
+            f"invalid --prefix {prefix!r}",
+            "write a repository path such as 'mirror' or 'team/images'",
+        )
+    return path
 
 
 class _Unpacker:
@@ -83,6 +104,7 @@ class _Unpacker:
             for digest in record.needs():
                 self.users[digest].append(record)
         self.manifests: dict[Digest, Manifest] = {}
+        self.known = known_digests(index)
         self.bad: dict[Digest, str] = {}
         self.uploaded = 0
         self.skipped = 0
@@ -120,6 +142,9 @@ class _Unpacker:
     def _problem(self, record: ImageRecord, failed: set[Digest]) -> str | None:
         if record.attachment_of in failed:
             return f"its subject {record.attachment_of} was not pushed"
+        graph = graph_problems(record, self.manifests, self.known)
+        if graph:
+            return graph[0]
         for digest in record.needs():
             if digest in self.bad:
                 problem = self.bad[digest]

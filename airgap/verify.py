@@ -5,10 +5,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from airgap.baseline import omitted
 from airgap.bundle import BundleReader, Header, VerifiedStream
 from airgap.descriptor import Digest
 from airgap.errors import BundleCorrupt, IntegrityError
-from airgap.index import DigestIndex
+from airgap.index import DigestIndex, ImageRecord
 from airgap.manifest import Manifest
 from airgap.progress import QUIET, Progress
 
@@ -56,6 +57,9 @@ def verify(reader: BundleReader, progress: Progress = QUIET) -> VerifyResult:
         except BundleCorrupt as exc:
             problems.append(exc.message)
     problems += _graph_problems(index, manifests, seen)
+    problems += [
+        f"blob {d} is in the tar but not in airgap.json" for d in reader.unlisted
+    ]
     return VerifyResult(index, _parts_first(reader, problems), len(seen), size)
 
 
@@ -68,22 +72,44 @@ def _parts_first(reader: BundleReader, problems: list[str]) -> list[str]:
 def _graph_problems(
     index: DigestIndex, manifests: dict[Digest, Manifest], seen: set[Digest]
 ) -> list[str]:
-    problems = []
-    for blob in index.blobs:
-        if blob.digest not in seen:
-            problems.append(f"blob {blob.digest} ({blob.kind}) is missing")
+    problems = [
+        f"blob {blob.digest} ({blob.kind}) is missing"
+        for blob in index.blobs
+        if blob.digest not in seen
+    ]
+    known = known_digests(index)
     for record in index.images:
-        needed = set(record.needs())
-        for digest in record.manifests:
-            manifest = manifests.get(digest)
-            if manifest is None:
-                continue
-            for desc in manifest.children + manifest.blobs:
-                if desc.digest not in needed:
-                    problems.append(
-                        f"{record.target}: manifest {digest} names {desc.digest}, "
-                        "which the digest index does not list for it"
-                    )
-        if record.digest not in record.manifests:
-            problems.append(f"{record.target}: its manifest is not in its graph")
+        problems += graph_problems(record, manifests, known)
+    return problems
+
+
+def known_digests(index: DigestIndex) -> set[Digest]:
+    """What the digest index accounts for: the blobs carried, and those a
+    differential bundle left out."""
+    return {b.digest for b in index.blobs} | set(omitted(index))
+
+
+def graph_problems(
+    record: ImageRecord, manifests: dict[Digest, Manifest], known: set[Digest]
+) -> list[str]:
+    """Whether an image's record and its manifests agree: its root is its last
+    manifest, everything a manifest names is listed for the image, and
+    everything listed is accounted for. unpack asks this before it pushes."""
+    what = record.target
+    if not record.manifests or record.manifests[-1] != record.digest:
+        return [f"{what}: its manifest {record.digest} is not in its graph"]
+    problems = [
+        f"{what}: {digest} is not among the bundle's blobs"
+        for digest in record.needs()
+        if digest not in known
+    ]
+    needed = set(record.needs())
+    for digest in record.manifests:
+        manifest = manifests.get(digest)
+        for desc in manifest.children + manifest.blobs if manifest else []:
+            if desc.digest not in needed:
+                problems.append(
+                    f"{what}: manifest {digest} names {desc.digest}, "
+                    "which the digest index does not list for it"
+                )
     return problems
