@@ -28,7 +28,12 @@ _TRUNCATED = "the bundle is truncated: it ends inside a zstd frame"
 
 
 class ArchiveWriter:
-    """Tar members into ``out``, through multi-threaded zstd unless disabled."""
+    """Tar members into ``out``, through multi-threaded zstd unless disabled.
+
+    Headers come from tarfile's ``TarInfo.tobuf`` (PAX format); member bytes go
+    straight to the sink in large writes, with none of tarfile's stream-mode
+    buffer copies, and a failed pack simply never writes the end blocks.
+    """
 
     def __init__(
         self,
@@ -38,71 +43,75 @@ class ArchiveWriter:
         threads: int = -1,
     ) -> None:
         self._compressor: zstandard.ZstdCompressionWriter | None = None
-        # zstandard and tarfile type their file arguments narrowly; any writer works
-        sink: Any = out
+        sink: Any = out  # zstandard types its writer argument narrowly
         if compression == "zstd":
             params = zstandard.ZstdCompressor(
                 level=level, threads=threads, write_checksum=True
             )
             self._compressor = params.stream_writer(sink, closefd=False)
             sink = self._compressor
+        self._sink = sink
+        self._offset = 0
         self._pushed = self._pushing = 0
-        self._tar = tarfile.open(
-            fileobj=sink,
-            mode="w|",
-            format=tarfile.PAX_FORMAT,
-            bufsize=COPY_CHUNK,
-        )
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        self.add_stream(name, len(data), io.BytesIO(data))
+        self.begin(name, len(data))
+        self.write(data)
+        self.end()
 
     def add_stream(self, name: str, size: int, reader: Reader) -> None:
         """Copy exactly ``size`` bytes from ``reader`` into a member."""
-        info = tarfile.TarInfo(name)
-        info.size = size
-        info.mode = 0o644
-        info.mtime = 0
-        self._tar.addfile(info, reader)
+        self.begin(name, size)
+        while self._pushed < size:
+            data = reader.read(min(COPY_CHUNK, size - self._pushed))
+            if not data:
+                raise BundleCorrupt(
+                    f"{name}: the source ended at {self._pushed} of {size} bytes"
+                )
+            self.write(data)
+        self.end()
 
     def begin(self, name: str, size: int) -> None:
         """Start a member whose bytes the caller then pushes with ``write``: for
         content that is read by someone else (an upload) while it is teed here."""
         info = tarfile.TarInfo(name)
         info.size, info.mode, info.mtime = size, 0o644, 0
-        header = info.tobuf(self._tar.format, self._tar.encoding, self._tar.errors)
-        self._tar.fileobj.write(header)
-        self._tar.offset += len(header)
+        self._emit(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
         self._pushed = 0
         self._pushing = size
 
     def write(self, data: bytes) -> None:
         self._pushed += len(data)
-        self._tar.fileobj.write(data)
+        self._emit(data)
 
     def end(self) -> None:
         if self._pushed != self._pushing:
             raise BundleCorrupt(
                 f"member ended at {self._pushed} of {self._pushing} bytes"
             )
-        blocks, remainder = divmod(self._pushing, tarfile.BLOCKSIZE)
+        remainder = self._pushing % tarfile.BLOCKSIZE
         if remainder:
-            self._tar.fileobj.write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
-            blocks += 1
-        self._tar.offset += blocks * tarfile.BLOCKSIZE
+            self._emit(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
 
     def abandon(self) -> None:
         """Drop the archive unfinished: no end-of-archive blocks are written, so
-        the reader sees a truncated tar and takes nothing from it."""
-        self._tar.fileobj.closed = True  # type: ignore[attr-defined]
-        self._tar.closed = True  # type: ignore[attr-defined]
+        a reader sees a truncated tar and takes nothing from it."""
+        self._sink = None
 
     def close(self) -> None:
-        self._tar.close()
+        # two zero blocks end the archive; records round it up, as tar writes
+        self._emit(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        remainder = self._offset % tarfile.RECORDSIZE
+        if remainder:
+            self._emit(tarfile.NUL * (tarfile.RECORDSIZE - remainder))
         if self._compressor is not None:
             # close() ends the frame; a flush(FLUSH_FRAME) first would add a second,
             # empty frame, and a cut inside it would go unnoticed.
             self._compressor.close()
+
+    def _emit(self, data: bytes) -> None:
+        self._sink.write(data)
+        self._offset += len(data)
 
 
 class Member:

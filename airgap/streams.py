@@ -24,18 +24,25 @@ class ChunkReader:
     def __init__(self, chunks: Iterator[bytes], on_read: Any = None) -> None:
         self._chunks = chunks
         self._buffer = b""
+        self._offset = 0  # read position in _buffer: no tail copy per read
         self._on_read = on_read
 
     def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buffer) < n:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                break
-            self._buffer += chunk
-        if n < 0:
-            data, self._buffer = self._buffer, b""
-        else:
-            data, self._buffer = self._buffer[:n], self._buffer[n:]
+        pieces = []
+        wanted = n
+        while wanted != 0:
+            if self._offset >= len(self._buffer):
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    break
+                self._buffer, self._offset = chunk, 0
+            end = len(self._buffer) if wanted < 0 else self._offset + wanted
+            piece = self._buffer[self._offset : end]
+            self._offset += len(piece)
+            pieces.append(piece)
+            if wanted > 0:
+                wanted -= len(piece)
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)  # [] -> b""
         if self._on_read and data:
             self._on_read(len(data))
         return data
