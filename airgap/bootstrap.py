@@ -5,7 +5,8 @@ bundle's own registry image in the local Docker daemon, as a user would with
         -v DATA:/var/lib/registry registry:2
 
 A container of that name that already exists is reused when running and started
-when stopped; it is never replaced.
+when stopped; it is never replaced, and refused at once when its port or TLS
+setting cannot be the registry asked for.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import docker.errors
 from airgap import archive
 from airgap.bundle import blob_name
 from airgap.copy import docker_manifest
-from airgap.daemon import Daemon
+from airgap.daemon import NAME_RULE, Daemon, is_container_name
 from airgap.descriptor import Digest
 from airgap.errors import AirgapError, RegistryUnreachable, UsageError
 from airgap.index import DigestIndex, ImageRecord
@@ -51,6 +52,11 @@ class RegistrySpec:
     tls_key: str | None = None
 
     def check(self) -> None:
+        if not is_container_name(self.name):
+            raise UsageError(
+                f"--registry-name {self.name!r} is not a Docker container name",
+                NAME_RULE,
+            )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise UsageError(
                 "--registry-tls-cert and --registry-tls-key go together",
@@ -59,6 +65,8 @@ class RegistrySpec:
         for path in (self.htpasswd, self.tls_cert, self.tls_key):
             if path and not Path(path).is_file():
                 raise UsageError(f"{path} is not a file")
+        if self.data:
+            _check_data_dir(self.data)
 
 
 class Bootstrap:
@@ -82,11 +90,14 @@ class Bootstrap:
         container = self.daemon.container(self.spec.name)
         if container is None:
             return False
-        if container.status != "running":
-            log.info("starting the stopped registry container %s", self.spec.name)
-            container.start()
+        self._check_fits(container.attrs)
+        if container.status in ("running", "restarting"):
+            log.info(
+                "reusing the %s registry container %s", container.status, self.spec.name
+            )
         else:
-            log.info("reusing the running registry container %s", self.spec.name)
+            log.info("starting the stopped registry container %s", self.spec.name)
+            self._start(container)
         self._wait(container)
         return True
 
@@ -154,16 +165,73 @@ class Bootstrap:
                 f"docker loaded {name} as {loaded}, expected {manifest.config.digest}"
             )
 
+    def _check_fits(self, attrs: dict[str, Any]) -> None:
+        """Refuse at once a container that cannot be the registry asked for:
+        waiting on it would only time out."""
+        differences = self._differences(attrs)
+        if differences:
+            name = self.spec.name
+            raise UsageError(
+                f"the existing container {name} cannot be the registry at "
+                f"{self.target.host}: {'; '.join(differences)}",
+                f"pass --registry-name with another name, or 'docker rm -f {name}' "
+                "to replace it",
+            )
+
+    def _differences(self, attrs: dict[str, Any]) -> list[str]:
+        found = []
+        served = _served(attrs)
+        accepted = {"", "0.0.0.0", "::", self.host, self._bind_address()}
+        if not any(port == self.port and addr in accepted for addr, port in served):
+            where = ", ".join(f"{addr or '*'}:{port}" for addr, port in served)
+            found.append(f"it serves {where or 'no published port'}")
+        tls = "REGISTRY_HTTP_TLS_CERTIFICATE" in _env(attrs)
+        if tls != bool(self.spec.tls_cert):
+            found.append(
+                "it serves TLS, not plain HTTP"
+                if tls
+                else "it serves plain HTTP, not TLS"
+            )
+        return found
+
     def _run(self, image: str) -> Any:
         options = self._run_options()
         log.info("starting registry container %s on port %d", self.spec.name, self.port)
         try:
-            return self.daemon.client.containers.run(image, **options)
+            container = self.daemon.client.containers.create(image, **options)
         except docker.errors.APIError as exc:
-            raise AirgapError(
-                f"docker could not start the registry container: {exc.explanation}",
-                "is the port taken? pick another with --registry HOST:PORT",
-            ) from exc
+            raise self._start_error(exc) from exc
+        try:
+            self._start(container)
+        except AirgapError:
+            _remove(container)  # a re-run then creates it afresh
+            raise
+        return container
+
+    def _start(self, container: Any) -> None:
+        try:
+            container.start()
+        except docker.errors.APIError as exc:
+            raise self._start_error(exc) from exc
+
+    def _start_error(self, exc: docker.errors.APIError) -> AirgapError:
+        why = _clip(str(exc.explanation or exc))
+        name, network = self.spec.name, self.spec.network
+        if network and f"network {network} not found" in why:
+            return UsageError(
+                f"the Docker daemon has no network {network}",
+                "pick one from 'docker network ls' (or 'host'), or create it with "
+                f"'docker network create {network}'",
+            )
+        if "already allocated" in why or "address already in use" in why:
+            return RegistryUnreachable(
+                f"registry container {name} cannot take port {self.port}: {why}",
+                "free the port, or pick another with --registry HOST:PORT",
+            )
+        return AirgapError(
+            f"docker could not start the registry container {name}: {why}",
+            "fix what docker reports, then run unpack again",
+        )
 
     def _run_options(self) -> dict[str, Any]:
         env, volumes = self._env_and_mounts()
@@ -230,17 +298,76 @@ class Bootstrap:
                 return
             except RegistryUnreachable:
                 container.reload()
-                if container.status == "exited" or time.monotonic() > deadline:
+                # With --restart=always, a registry that died is "restarting".
+                failed = container.status in ("exited", "dead", "restarting")
+                if failed or time.monotonic() > deadline:
                     raise self._not_ready(container) from None
                 time.sleep(0.3)
 
     def _not_ready(self, container: Any) -> AirgapError:
-        logs = container.logs(tail=10).decode(errors="replace").strip()
-        tail = " | ".join(line for line in logs.splitlines()[-5:] if line)
         return RegistryUnreachable(
             f"registry container {self.spec.name} ({container.status}) does not "
-            f"answer at {self.target.host}: {tail or 'no log output'}",
+            f"answer at {self.target.host}: {_log_tail(container)}",
             f"see 'docker logs {self.spec.name}'; is port {self.port} free?",
+        )
+
+
+def _log_tail(container: Any, lines: int = 3) -> str:
+    """The last log lines, clipped, on one line: the error must stay readable."""
+    try:
+        raw = container.logs(tail=lines).decode(errors="replace")
+    except docker.errors.APIError:
+        return "no log output"
+    kept = [_clip(line) for line in raw.splitlines() if line.strip()]
+    return " | ".join(kept[-lines:]) or "no log output"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    flat = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except docker.errors.APIError as exc:
+        log.warning(
+            "could not remove container %s: %s", container.name, _clip(str(exc))
+        )
+
+
+def _env(attrs: dict[str, Any]) -> dict[str, str]:
+    pairs = (
+        item.partition("=") for item in (attrs.get("Config") or {}).get("Env") or []
+    )
+    return {key: value for key, _, value in pairs}
+
+
+def _served(attrs: dict[str, Any]) -> list[tuple[str, int]]:
+    """Where the container's registry answers on the host, as (address, port);
+    an empty address is every address."""
+    addr, _, inner = _env(attrs).get("REGISTRY_HTTP_ADDR", "").rpartition(":")
+    port = int(inner) if inner.isdigit() else REGISTRY_PORT
+    host_config = attrs.get("HostConfig") or {}
+    if host_config.get("NetworkMode") == "host":
+        return [(addr.strip("[]"), port)]
+    bindings = (host_config.get("PortBindings") or {}).get(f"{port}/tcp") or []
+    return [
+        (b.get("HostIp") or "", int(b["HostPort"]))
+        for b in bindings
+        if str(b.get("HostPort", "")).isdigit()
+    ]
+
+
+def _check_data_dir(data: str) -> None:
+    path = Path(data).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        where = "" if existing == path else f": {existing}"
+        raise UsageError(
+            f"--registry-data {data}{where} is not a directory",
+            "pass a directory (created when missing), or leave --registry-data out "
+            "for a named volume",
         )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import platform as host_platform
+import re
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,11 +16,17 @@ import docker.errors
 import requests
 
 from airgap.descriptor import Platform
-from airgap.errors import AirgapError, DockerUnavailable, ManifestUnknown
+from airgap.errors import AirgapError, DockerUnavailable, ManifestUnknown, UsageError
 from airgap.streams import Reader
 
 log = logging.getLogger(__name__)
 
+# Docker's own grammar for container names (daemon/names).
+CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]+")
+NAME_RULE = (
+    "a container name is two or more letters, digits and _ . -, the first a letter "
+    "or digit"
+)
 _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}
 
 
@@ -79,10 +86,23 @@ class Daemon:
         return iter(image.save(named=False))
 
     def container(self, name: str) -> Any:
+        """The container of exactly that name; None when there is none."""
+        if not is_container_name(name):
+            raise UsageError(f"{name!r} is not a Docker container name", NAME_RULE)
         try:
-            return self.client.containers.get(name)
+            attrs = self.client.api.inspect_container(name)
         except docker.errors.NotFound:
             return None
+        except (docker.errors.DockerException, requests.RequestException) as exc:
+            raise AirgapError(
+                f"docker inspect of container {name} failed: {_short(exc)}"
+            ) from exc
+        if not isinstance(attrs, dict):
+            raise AirgapError(f"docker inspect of container {name} answered no object")
+        # Docker falls back to an ID prefix when no name matches: not ours.
+        if attrs.get("Name") != f"/{name}":
+            return None
+        return self.client.containers.prepare_model(attrs)
 
 
 class PipeLoad:
@@ -118,6 +138,10 @@ class PipeLoad:
         except OSError:
             pass
         self._thread.join(timeout=60)
+
+
+def is_container_name(name: str) -> bool:
+    return CONTAINER_NAME.fullmatch(name) is not None
 
 
 def _chunks(tar: Reader) -> Iterator[bytes]:

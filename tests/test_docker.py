@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import socketserver
 import subprocess
+import threading
 import uuid
 from pathlib import Path
 
@@ -14,6 +16,9 @@ import imagebuild as ib
 import pytest
 import trustme
 from servers import DockerDaemon, Registry, free_port, skopeo_digest
+
+from airgap.daemon import Daemon
+from airgap.errors import UsageError
 
 pytestmark = pytest.mark.docker
 
@@ -338,3 +343,194 @@ def test_start_registry_never_retags_a_hosts_own_registry_image(
         "team/bye:1", registry
     )
     docker_daemon.docker("rmi", "library/registry:2")
+
+
+# -- break-it review of --start-registry (issue 3) ------------------------------
+
+
+def _new_name(docker_env: list[str]) -> str:
+    name = f"reg-{uuid.uuid4().hex[:8]}"
+    docker_env.append(name)
+    return name
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("airgap: error:")]
+
+
+def _exists(docker_daemon: DockerDaemon, name: str) -> bool:
+    return docker_daemon.docker("inspect", name, check=False).returncode == 0
+
+
+def _tls_args(tmp_path: Path) -> list[str]:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "chain.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    return [
+        "--registry-tls-cert",
+        str(tmp_path / "chain.pem"),
+        "--registry-tls-key",
+        str(tmp_path / "key.pem"),
+        "--ca-cert",
+        str(tmp_path / "ca.pem"),
+    ]
+
+
+@pytest.mark.parametrize("name", ["bad name/..", "-registry", "r"])
+def test_start_registry_refuses_a_name_outside_dockers_container_grammar(
+    bundle: Path, cli, docker_env, name: str
+) -> None:
+    result = cli("unpack", str(bundle), *_start_args(free_port(), name))
+
+    assert result.exit_code == 2, result
+    (error,) = _error_lines(result.stderr)
+    assert f"--registry-name {name!r}" in error
+    assert "hint: a container name is" in result.stderr
+
+
+def test_daemon_container_lookup_is_by_exact_name_and_fails_in_one_line(
+    docker_env, docker_daemon: DockerDaemon
+) -> None:
+    archive = ib.docker_archive(hello_image("idle"), ["acme/idle:1"])
+    docker_daemon.docker("load", input=archive)
+    name = _new_name(docker_env)
+    created = docker_daemon.docker("create", "--name", name, "acme/idle:1")
+    container_id = created.stdout.decode().strip()
+    daemon = Daemon.connect()
+
+    with pytest.raises(UsageError) as caught:
+        daemon.container("bad name/..")
+
+    assert "\n" not in caught.value.message
+    assert daemon.container(name).id == container_id
+    assert daemon.container(container_id[:12]) is None
+
+
+def test_start_registry_refuses_at_once_a_container_on_another_port(
+    bundle: Path, cli, docker_env, docker_daemon: DockerDaemon
+) -> None:
+    port, name = free_port(), _new_name(docker_env)
+    assert cli("unpack", str(bundle), *_start_args(port, name)).exit_code == 0
+    before = docker_daemon.docker("inspect", "-f", "{{.Id}}", name).stdout
+
+    result = cli("unpack", str(bundle), *_start_args(free_port(), name))
+
+    assert result.exit_code == 2, result
+    (error,) = _error_lines(result.stderr)
+    assert f"container {name}" in error
+    assert f"it serves 127.0.0.1:{port}" in error
+    assert f"docker rm -f {name}" in result.stderr
+    assert "--registry-name" in result.stderr
+    assert docker_daemon.docker("inspect", "-f", "{{.Id}}", name).stdout == before
+
+
+def test_start_registry_refuses_at_once_a_plain_container_when_tls_is_asked(
+    bundle: Path, tmp_path: Path, cli, docker_env, docker_daemon: DockerDaemon
+) -> None:
+    port, name = free_port(), _new_name(docker_env)
+    assert cli("unpack", str(bundle), *_start_args(port, name)).exit_code == 0
+    other = free_port()
+
+    result = cli("unpack", str(bundle), *_start_args(other, name), *_tls_args(tmp_path))
+
+    assert result.exit_code == 2, result
+    (error,) = _error_lines(result.stderr)
+    assert f"127.0.0.1:{port}" in error
+    assert "plain HTTP, not TLS" in error
+    assert _exists(docker_daemon, name)
+
+
+def test_a_registry_container_that_dies_is_reported_in_one_short_line(
+    bundle: Path, cli, docker_env, docker_daemon: DockerDaemon
+) -> None:
+    archive = ib.docker_archive(hello_image("noisy"), ["acme/noisy:1"])
+    docker_daemon.docker("load", input=archive)
+    port, name = free_port(), _new_name(docker_env)
+    script = 'for i in 1 2 3 4 5 6 7 8; do echo "line$i $(printf %0900d 0)"; done'
+    docker_daemon.docker(
+        *("create", "--name", name, "--network", "host", "--restart", "always"),
+        *("-e", f"REGISTRY_HTTP_ADDR=127.0.0.1:{port}", "--entrypoint", "/bin/sh"),
+        *("acme/noisy:1", "-c", f"{script}; exit 1"),
+    )
+
+    result = cli("unpack", str(bundle), *_start_args(port, name))
+
+    assert result.exit_code == 3, result
+    (error,) = _error_lines(result.stderr)
+    tail = error.split(f"answer at 127.0.0.1:{port}: ")[1].split(" | ")
+    assert [line.split()[0] for line in tail] == ["line6", "line7", "line8"]
+    assert all(len(line) <= 200 for line in tail)
+
+
+def test_start_registry_on_an_unknown_network_names_it_and_leaves_nothing(
+    bundle: Path, cli, docker_env, docker_daemon: DockerDaemon
+) -> None:
+    name = _new_name(docker_env)
+    args = [
+        *("--registry", f"127.0.0.1:{free_port()}", "--start-registry"),
+        *("--registry-network", "nosuchnet", "--registry-name", name),
+    ]
+
+    first = cli("unpack", str(bundle), *args)
+    again = cli("unpack", str(bundle), *args)
+
+    for result in (first, again):
+        assert result.exit_code == 2, result
+        (error,) = _error_lines(result.stderr)
+        assert "no network nosuchnet" in error
+        assert "docker network create nosuchnet" in result.stderr
+    assert not _exists(docker_daemon, name)
+
+
+@pytest.mark.parametrize("under", ["", "sub"])
+def test_start_registry_refuses_a_data_path_that_is_or_lies_under_a_file(
+    bundle: Path, tmp_path: Path, cli, docker_env, docker_daemon: DockerDaemon, under
+) -> None:
+    name = _new_name(docker_env)
+    (tmp_path / "data").write_text("not a directory")
+    data = tmp_path / "data" / under
+
+    result = cli(
+        "unpack",
+        str(bundle),
+        *_start_args(free_port(), name),
+        "--registry-data",
+        str(data),
+    )
+
+    assert result.exit_code == 2, result
+    (error,) = _error_lines(result.stderr)
+    assert f"{tmp_path / 'data'} is not a directory" in error
+    assert "--registry-data" in result.stderr.split("hint:")[-1]
+    assert not _exists(docker_daemon, name)
+
+
+class _PortHolder(socketserver.TCPServer):
+    """Another process on the port: it listens and hangs up on every client."""
+
+    allow_reuse_address = True  # the stopped registry's port is in TIME_WAIT
+
+
+def test_a_stopped_registry_whose_port_is_now_taken_fails_in_one_line_with_exit_3(
+    bundle: Path, cli, docker_env, docker_daemon: DockerDaemon
+) -> None:
+    port, name = free_port(), _new_name(docker_env)
+    assert cli("unpack", str(bundle), *_start_args(port, name)).exit_code == 0
+    docker_daemon.docker("stop", name)
+
+    holder = _PortHolder(("127.0.0.1", port), socketserver.BaseRequestHandler)
+    threading.Thread(target=holder.serve_forever, daemon=True).start()
+    try:
+        result = cli("unpack", str(bundle), *_start_args(port, name))
+    finally:
+        holder.shutdown()
+        holder.server_close()
+
+    assert result.exit_code == 3, result
+    (error,) = _error_lines(result.stderr)
+    assert "address already in use" in error
+    tail = error.split(f"answer at 127.0.0.1:{port}: ")[1].split(" | ")
+    assert all(len(line) <= 200 for line in tail)
+    assert f"hint: see 'docker logs {name}'" in result.stderr
