@@ -20,9 +20,12 @@ from airgap.cli import (
     emit,
     human_size,
     main,
+    mirror_values,
     open_bundle,
+    output_file,
     parse_mirrors,
     parse_platforms,
+    registry_host,
     registry_options,
 )
 from airgap.copy import ResolveOptions
@@ -32,11 +35,11 @@ from airgap.errors import IntegrityError, UsageError
 from airgap.imagelist import load as load_image_list
 from airgap.index import DigestIndex
 from airgap.load import DockerLoader
-from airgap.media import parse_size, parse_split_size
+from airgap.media import parse_size, split_size_option
 from airgap.pack import bundle_platform, pack
 from airgap.registry import Registry, RegistryPool
 from airgap.sync import SyncOptions, sync
-from airgap.unpack import UnpackIncomplete, target_name, unpack
+from airgap.unpack import UnpackIncomplete, checked_prefix, target_name, unpack
 from airgap.verify import verify
 
 
@@ -67,6 +70,7 @@ MIRROR = click.option(
     "--mirror",
     multiple=True,
     metavar="REGISTRY=HOST[:PORT]",
+    callback=mirror_values,
     help="Pull REGISTRY's images from a mirror; names stay as listed.",
 )
 PLATFORMS = click.option(
@@ -110,6 +114,7 @@ def _target(
     default="bundle.tar.zst",
     show_default=True,
     metavar="BUNDLE",
+    callback=output_file,
     help="The bundle to write ('-' for stdout).",
 )
 @click.option(
@@ -127,7 +132,7 @@ def _target(
 )
 @click.option(
     "--threads",
-    type=int,
+    type=click.IntRange(min=-1),
     default=-1,
     show_default=True,
     help="zstd threads (-1: one per core).",
@@ -147,6 +152,7 @@ def _target(
 @click.option(
     "--split-size",
     metavar="SIZE",
+    callback=lambda _ctx, _param, value: split_size_option(value) if value else None,
     help="Cut the bundle into parts of SIZE (700M, 4.7GB) or for a medium: "
     "cd, dvd, dvd-dl, fat32.",
 )
@@ -174,7 +180,7 @@ def pack_command(
     platforms: tuple[str, ...],
     docker_platform: str | None,
     from_docker: bool,
-    split_size: str | None,
+    split_size: int | None,
     since: str | None,
     cache_dir: str | None,
     resolve: ResolveOptions,
@@ -192,7 +198,7 @@ def pack_command(
         level,
         threads,
         bundle_platform(images, chosen, selected),
-        split_size=parse_split_size(split_size) if split_size else None,
+        split_size=split_size,
         baseline=load_baseline(since) if since else None,
     )
     result = pack(
@@ -232,7 +238,12 @@ def pack_command(
 
 @main.command("unpack")
 @click.argument("bundle")
-@click.option("--registry", metavar="HOST[:PORT]", help="The registry to push into.")
+@click.option(
+    "--registry",
+    metavar="HOST[:PORT]",
+    callback=registry_host,
+    help="The registry to push into.",
+)
 @PREFIX
 @CHUNK_SIZE
 @click.option(
@@ -273,6 +284,7 @@ def pack_command(
 @click.option(
     "--inventory-out",
     metavar="FILE",
+    callback=output_file,
     help="After pushing, write what the registry holds (for pack --since).",
 )
 @click.option(
@@ -368,7 +380,12 @@ def _emit_unpack(result: Any, registry: str | None) -> None:
 
 @main.command("sync")
 @click.argument("image_list", metavar="LIST")
-@click.option("--registry", metavar="HOST[:PORT]", help="The registry to copy into.")
+@click.option(
+    "--registry",
+    metavar="HOST[:PORT]",
+    callback=registry_host,
+    help="The registry to copy into.",
+)
 @PREFIX
 @MIRROR
 @PLATFORMS
@@ -389,6 +406,8 @@ def sync_command(
     """Copy every image of LIST straight from its registry into another."""
     if not registry:
         raise UsageError("sync needs --registry HOST[:PORT]")
+    if prefix:
+        checked_prefix(prefix)  # before any registry is asked anything
     images = load_image_list(image_list)
     pool, target = _target(
         registry, pool_options, chunk_size, mirrors=parse_mirrors(mirror)
@@ -426,7 +445,10 @@ def verify_command(bundle: str) -> None:
             f"{human_size(result.size)} verified"
         ]
         if ok
-        else [f"{bundle}: {p}" for p in result.problems]
+        else [
+            p if p.startswith(f"{bundle}:") else f"{bundle}: {p}"
+            for p in result.problems
+        ]
     )
     if ok:
         emit(
@@ -510,9 +532,16 @@ def _list_lines(index: DigestIndex, prefix: str) -> list[str]:
 
 
 @main.command("inventory")
-@click.option("--registry", required=True, metavar="HOST[:PORT]")
 @click.option(
-    "-o", "--output", required=True, metavar="FILE", help="The inventory to write."
+    "--registry", required=True, metavar="HOST[:PORT]", callback=registry_host
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    callback=output_file,
+    help="The inventory to write.",
 )
 @registry_options
 @common

@@ -37,13 +37,17 @@ def configure(verbose: int, quiet: int) -> None:
     fmt = "airgap: %(levelname)s: %(message)s" if verbose else "airgap: %(message)s"
     handler.setFormatter(logging.Formatter(fmt))
     root.addHandler(handler)
-    root.setLevel(level_for(verbose, quiet))
+    level = level_for(verbose, quiet)
+    root.setLevel(level)
     root.propagate = False
     handler.addFilter(_redact)
+    # Request lines only at -vv; -q still silences them, as it does the rest.
+    http_level = max(level, logging.DEBUG if verbose >= 2 else logging.WARNING)
+    logging.getLogger("airgap.http").setLevel(http_level)
     http = logging.getLogger("urllib3")
     for old in [h for h in http.handlers if isinstance(h, _TqdmHandler)]:
         http.removeHandler(old)
-    http.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
+    http.setLevel(http_level)
     if verbose >= 2:
         http.addHandler(handler)
 

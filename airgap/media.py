@@ -10,6 +10,7 @@ checked against the side files when they are there.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -20,7 +21,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from airgap.errors import BundleCorrupt, UsageError
+from airgap.errors import AirgapError, BundleCorrupt, UsageError
 from airgap.parts import PartFile, PartReader, part_path
 from airgap.streams import Reader
 
@@ -49,6 +50,9 @@ PRESETS = {
     "dvd-dl": 8_500_000_000,
     "fat32": 2**32 - 1,
 }
+# Smaller parts only multiply files (999 at most) and per-part checks; 1M is the
+# smallest size one writes in the default, decimal, units.
+MIN_SPLIT_SIZE = 10**6
 
 
 def parse_size(text: str) -> int:
@@ -80,6 +84,18 @@ def parse_split_size(text: str) -> int:
         raise UsageError(exc.message, hint) from None
 
 
+def split_size_option(text: str) -> int:
+    """``--split-size``: ``parse_split_size``, and no less than MIN_SPLIT_SIZE."""
+    size = parse_split_size(text)
+    if size < MIN_SPLIT_SIZE:
+        raise UsageError(
+            f"--split-size {text} is too small: a part holds at least "
+            f"{MIN_SPLIT_SIZE:,} bytes",
+            f"write e.g. 700M or 4.7GB, or one of {', '.join(PRESETS)}",
+        )
+    return size
+
+
 def base_name(path: str) -> str:
     """``out/b.tar.zst``, ``out/b.tar.zst.001``, ``out/b.sha256`` -> ``out/b``:
     the stem the side files are named after."""
@@ -102,8 +118,13 @@ def bundle_label(path: str) -> str:
 def write_side_file(path: str, data: bytes) -> None:
     """Small files beside the bundle, also written whole or not at all."""
     tmp = Path(f"{path}.partial-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise AirgapError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
 def write_side_files(path: str, index: dict[str, Any], files: list[PartFile]) -> None:
@@ -169,6 +190,11 @@ def _index_files(path: str) -> dict[str, tuple[str, int]]:
 
 def bundle_files(path: str) -> list[PartFile]:
     """The files of the bundle ``path`` names, in stream order."""
+    if os.path.isdir(path):
+        raise UsageError(
+            f"cannot open bundle {path}: it is a directory",
+            "pass a .tar.zst or .tar bundle in it, its .sha256 file or its first part",
+        )
     recorded = recorded_files(base_name(path))
     is_side = path.endswith(SIDE_SUFFIXES)
     if os.path.isfile(path) and not is_side and not _PART.search(path):

@@ -17,10 +17,12 @@ import sys
 from pathlib import Path
 from typing import BinaryIO, NoReturn
 
-from airgap.errors import BundleCorrupt, UsageError
+from airgap.errors import AirgapError, BundleCorrupt, UsageError
 
 CHUNK = 1 << 20
 RECOPY_HINT = "copy the files named again from the source media"
+# Three digits, so ``cat NAME.*`` takes the parts in order.
+MAX_PARTS = 999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +42,21 @@ class PartDamaged(BundleCorrupt):
     """A part is missing, or differs in size or digest from its record."""
 
 
+class StreamClosed(AirgapError):
+    """The reader of the bundle on stdout closed its end before the end."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the reader of the bundle stream closed it",
+            "the bundle it got is incomplete; pipe -o - into a reader that takes "
+            "the whole stream, or write a file with -o FILE",
+        )
+
+
+class TooManyParts(UsageError):
+    """``--split-size`` would cut the bundle past part .999."""
+
+
 def part_path(path: str, number: int) -> str:
     """``b.tar.zst`` -> ``b.tar.zst.001`` for number 1."""
     return f"{path}.{number:03d}"
@@ -52,9 +69,10 @@ class AtomicOutput:
     """A write-only file that appears under its name only on ``commit()``; it
     hashes what passes, for the ``.sha256`` file written beside it."""
 
-    def __init__(self, path: str, durable: bool = True) -> None:
+    def __init__(self, path: str, durable: bool = True, hashed: bool = True) -> None:
         self.path = path
         self.durable = durable
+        self.hashed = hashed
         self.size = 0
         self._hash = hashlib.sha256()
         self._tmp: Path | None = None
@@ -73,20 +91,27 @@ class AtomicOutput:
         self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
 
     def write(self, data: bytes | memoryview) -> int:
-        self._hash.update(data)
+        if self.hashed:
+            self._hash.update(data)
         self.size += len(data)
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except BrokenPipeError:
+            raise StreamClosed() from None
         return len(data)
 
     def flush(self) -> None:
-        self._file.flush()
+        try:
+            self._file.flush()
+        except BrokenPipeError:
+            raise StreamClosed() from None
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
     def commit(self) -> None:
-        self._file.flush()
+        self.flush()
         if self._tmp is None:
             return
         if self.durable:
@@ -119,7 +144,8 @@ class PartWriter:
 
     def write(self, data: bytes) -> int:
         view = memoryview(data)
-        self._hash.update(view)
+        if self.split_size:  # one file's digest is its part's: hash once
+            self._hash.update(view)
         self.size += len(view)
         while view:
             part = self._part or self._start()
@@ -137,6 +163,8 @@ class PartWriter:
     @property
     def sha256(self) -> str:
         """Of the whole stream, as ``cat`` of every part gives it."""
+        if not self.split_size and len(self.files) == 1 and self.files[0].sha256:
+            return self.files[0].sha256
         return self._hash.hexdigest()
 
     def commit(self) -> None:
@@ -156,6 +184,13 @@ class PartWriter:
 
     def _start(self) -> AtomicOutput:
         number = len(self.files) + 1
+        if self.split_size and number > MAX_PARTS:
+            raise TooManyParts(
+                f"--split-size {self.split_size} bytes cuts this bundle into more "
+                f"than {MAX_PARTS} parts",
+                "choose a larger --split-size (parts are numbered .001 to "
+                f".{MAX_PARTS}), e.g. 700M or dvd",
+            )
         self._part = AtomicOutput(
             part_path(self.path, number) if self.split_size else self.path
         )
@@ -223,20 +258,31 @@ class PartReader:
         self._file: BinaryIO | None = None
         self._hash = hashlib.sha256()
         self._size = 0
+        self._damage: PartDamaged | None = None
 
     def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes, short only at the end of the last part: readers
+        such as the check for the zstd magic take one read as all there is."""
         if n < 0:
             return b"".join(iter(lambda: self.read(CHUNK), b""))
-        while True:
-            file = self._file or self._open_next()
-            if file is None:
-                return b""
-            data = file.read(n)
-            if data:
-                self._hash.update(data)
-                self._size += len(data)
-                return data
-            self._close()
+        if self._damage is not None:
+            damage, self._damage = self._damage, None
+            raise damage
+        chunks: list[bytes] = []
+        wanted = n
+        while wanted > 0:
+            try:
+                data = self._read_part(wanted)
+            except PartDamaged as exc:
+                if not chunks:
+                    raise
+                self._damage = exc  # raised on the next read, after these bytes
+                break
+            if not data:
+                break
+            chunks.append(data)
+            wanted -= len(data)
+        return b"".join(chunks)
 
     def check_rest(self) -> list[str]:
         """Reads every byte not read yet, checking each part to its end; returns
@@ -249,6 +295,20 @@ class PartReader:
                     return self.problems
             except PartDamaged:
                 continue
+
+    def _read_part(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the part at hand, or of the next one once it
+        ends; empty after the last part."""
+        while True:
+            file = self._file or self._open_next()
+            if file is None:
+                return b""
+            data = file.read(n)
+            if data:
+                self._hash.update(data)
+                self._size += len(data)
+                return data
+            self._close()
 
     def _open_next(self) -> BinaryIO | None:
         if self._next >= len(self.parts):

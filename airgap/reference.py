@@ -140,3 +140,31 @@ def _check_repository(repository: str, text: str) -> None:
                 "repository names are lowercase; tags may use any case",
             )
         raise BadReference(f"invalid repository name {repository!r} in {text!r}")
+
+
+_HOST_HINT = "write HOST[:PORT], e.g. localhost:5000"
+
+
+def parse_registry_host(text: str, what: str = "registry") -> str:
+    """A registry as ``--registry`` and its kin name it: ``HOST[:PORT]``, by the
+    host grammar of references, with no scheme and no path. Checked before any
+    request, so a typo is a usage error, not an unreachable registry. ``what``
+    names the value in the message."""
+    host = text.strip()
+    bad = f"invalid {what} {text!r}"
+    if "://" in host:
+        raise BadReference(
+            f"{bad}: it takes no scheme",
+            f"{_HOST_HINT}; --insecure-registry HOST allows plain HTTP",
+        )
+    if "/" in host:
+        raise BadReference(
+            f"{bad}: a registry is a host, without a path",
+            f"{_HOST_HINT}; --prefix PATH (unpack, sync) puts images under a path",
+        )
+    if not _HOST.fullmatch(host):
+        raise BadReference(f"{bad}: not a HOST[:PORT]", _HOST_HINT)
+    port = host.rpartition("]")[2].partition(":")[2]
+    if port and not 1 <= int(port) <= 65535:
+        raise BadReference(f"{bad}: port {port} is not in 1-65535", _HOST_HINT)
+    return host

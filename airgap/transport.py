@@ -17,6 +17,7 @@ import dataclasses
 import ipaddress
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -24,11 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import requests
+import requests.adapters
 
 from airgap.credentials import Credentials
-from airgap.errors import AuthFailed, RegistryError, RegistryUnreachable
+from airgap.errors import AuthFailed, RegistryError, RegistryUnreachable, UsageError
 
 log = logging.getLogger(__name__)
+# every request, apart from the rest: -v shows what airgap decides, -vv adds HTTP
+http_log = logging.getLogger("airgap.http")
 
 USER_AGENT = "airgap"
 CERTS_D = Path("/etc/docker/certs.d")
@@ -59,6 +63,23 @@ def redact(text: str) -> str:
     text = _USERINFO.sub(r"\1***@", text)
     text = _CREDENTIAL_HEADER.sub(r"\1 ***", text)
     return _SECRET_QUERY.sub(r"\1***", text)
+
+
+def check_ca_bundle(path: str) -> str:
+    """``path`` when it holds PEM certificates. Checked as the options are
+    read: requests would only fail at the first TLS handshake, and obscurely."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=path)
+    except ssl.SSLError as exc:
+        raise UsageError(
+            f"--ca-cert {path} holds no PEM certificate",
+            "pass CA certificates in PEM form (-----BEGIN CERTIFICATE-----); "
+            "from DER: openssl x509 -inform der -in CA.der -out CA.pem",
+        ) from exc
+    except OSError as exc:
+        raise UsageError(f"--ca-cert {path}: {exc.strerror or exc}") from exc
+    return path
 
 
 def is_loopback(host: str) -> bool:
@@ -121,6 +142,15 @@ class _Token:
     expires: float  # on the monotonic clock
 
 
+class _LargeBlocks(requests.adapters.HTTPAdapter):
+    """Upload bodies are sent in 1 MiB reads rather than urllib3's 16 KiB: a
+    blob streams through hashing and decompression on every read."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["blocksize"] = 1 << 20
+        super().init_poolmanager(*args, **kwargs)
+
+
 class Transport:
     """Requests to one registry, with its scheme, trust and authentication."""
 
@@ -136,6 +166,8 @@ class Transport:
         self.insecure = insecure
         self.session = requests.Session()
         self.session.headers["User-Agent"] = USER_AGENT
+        for prefix in ("https://", "http://"):
+            self.session.mount(prefix, _LargeBlocks())
         self._verify: bool | str = ca_cert or _certs_d(host, "ca.crt") or True
         self._client_cert = _client_cert(host)
         self._scheme: str | None = None
@@ -261,7 +293,7 @@ class Transport:
         tries = _ATTEMPTS if idempotent and _replayable(kwargs) else 1
         for attempt in range(1, tries + 1):
             try:
-                log.debug("%s %s", method, redact(url))
+                http_log.debug("%s %s", method, redact(url))
                 return self.session.request(method, url, **kwargs)
             except requests.exceptions.SSLError:
                 raise
@@ -328,7 +360,7 @@ class Transport:
             raise AuthFailed(f"{self.host} sent a Bearer challenge without a realm")
         service = challenge.params.get("service")
         creds = self.credentials
-        log.debug("fetching a token from %s for %s", redact(realm), scopes or "-")
+        http_log.debug("fetching a token from %s for %s", redact(realm), scopes or "-")
         try:
             fetched = _clock()
             response = self._token_response(realm, service, scopes, creds)

@@ -14,8 +14,16 @@ import imagebuild as ib
 import pytest
 from servers import Registry, skopeo_digest
 
+from airgap import media
 from airgap.errors import UsageError
 from airgap.media import parse_split_size
+
+
+@pytest.fixture(autouse=True)
+def kilobyte_parts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests cut kilobyte bundles to land boundaries exactly; the 1 MB
+    floor protects users from a typo, not the format from small parts."""
+    monkeypatch.setattr(media, "MIN_SPLIT_SIZE", 1)
 
 
 def push_app(registry: Registry) -> tuple[str, ib.Image]:
