@@ -350,17 +350,22 @@ def _docker_loader(index: DigestIndex, names: dict[int, str]) -> DockerLoader:
     return DockerLoader(Daemon.connect(), index, names)
 
 
+def _landed(landed: list[Any], registry: str | None) -> list[dict[str, str]]:
+    """What unpack and sync pushed, as their --json results name it."""
+    return [
+        {
+            "target": f"{registry}/{item.reference}",
+            "digest": str(item.record.digest),
+            "source": item.record.source,
+        }
+        for item in landed
+    ]
+
+
 def _unpack_json(result: Any, registry: str | None) -> dict[str, Any]:
     return {
         "registry": registry,
-        "images": [
-            {
-                "target": f"{registry}/{item.reference}",
-                "digest": str(item.record.digest),
-                "source": item.record.source,
-            }
-            for item in result.landed
-        ],
+        "images": _landed(result.landed, registry),
         "loaded": [
             {"name": name, "imageId": image_id, "source": record.source}
             for record, name, image_id in result.loaded
@@ -417,14 +422,7 @@ def sync_command(
     emit(
         {
             "registry": registry,
-            "images": [
-                {
-                    "target": f"{registry}/{item.reference}",
-                    "digest": str(item.record.digest),
-                    "source": item.record.source,
-                }
-                for item in result.landed
-            ],
+            "images": _landed(result.landed, registry),
             "uploadedBytes": result.uploaded,
         },
         [f"{registry}/{item.reference} {item.record.digest}" for item in result.landed],

@@ -132,7 +132,9 @@ def test_a_removed_blob_record_breaks_only_the_image_that_needs_it(
 ) -> None:
     bundle, upstream = plain_bundle
     with tarfile.open(bundle) as tar:
-        index = json.loads(tar.extractfile("airgap.json").read())  # type: ignore[union-attr]
+        member = tar.extractfile("airgap.json")
+        assert member is not None
+        index = json.loads(member.read())
     layer = index["images"][0]["blobs"][-1]
 
     def change(data: dict) -> None:

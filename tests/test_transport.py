@@ -123,7 +123,8 @@ def test_is_loopback(host: str, loopback: bool) -> None:
             },
         ),
         (  # Harbor: no scope on /v2/
-            'Bearer realm="https://harbor.example/service/token",service="harbor-registry"',
+            'Bearer realm="https://harbor.example/service/token",'
+            'service="harbor-registry"',
             "bearer",
             {
                 "realm": "https://harbor.example/service/token",
