@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
 from airgap import inventory
-from airgap.baseline import OMITTED
+from airgap.baseline import OMITTED, SINCE
 from airgap.baseline import load as load_baseline
 from airgap.bootstrap import Bootstrap, RegistrySpec
 from airgap.bundle import PackOptions
@@ -35,12 +37,14 @@ from airgap.errors import IntegrityError, UsageError
 from airgap.imagelist import load as load_image_list
 from airgap.index import DigestIndex
 from airgap.load import DockerLoader
-from airgap.media import parse_size, split_size_option
+from airgap.media import base_name, parse_size, split_size_option
 from airgap.pack import bundle_platform, pack
 from airgap.registry import Registry, RegistryPool
 from airgap.sync import SyncOptions, sync
 from airgap.unpack import UnpackIncomplete, checked_prefix, target_name, unpack
 from airgap.verify import verify
+
+log = logging.getLogger(__name__)
 
 
 def resolve_options(func: Any) -> Any:
@@ -187,6 +191,13 @@ def pack_command(
     pool_options: dict[str, Any],
 ) -> None:
     """Pull every image of LIST (and the registry image) into one bundle."""
+    if since and output != "-" and _same_bundle(since, output):
+        raise UsageError(
+            f"--since {since} names the bundle this pack writes",
+            "write the new bundle under another name; the old one must stay",
+        )
+    if compression == "none" and output.endswith(".zst"):
+        log.warning("--compression none writes a plain tar; %s says zstd", output)
     if split_size and output == "-":
         raise UsageError("--split-size writes files; it cannot go with -o -")
     images = load_image_list(image_list)
@@ -350,6 +361,10 @@ def _docker_loader(index: DigestIndex, names: dict[int, str]) -> DockerLoader:
     return DockerLoader(Daemon.connect(), index, names)
 
 
+def _same_bundle(one: str, other: str) -> bool:
+    return os.path.abspath(base_name(one)) == os.path.abspath(base_name(other))
+
+
 def _landed(landed: list[Any], registry: str | None) -> list[dict[str, str]]:
     """What unpack and sync pushed, as their --json results name it."""
     return [
@@ -487,9 +502,21 @@ def verify_command(bundle: str) -> None:
 def list_command(bundle: str, prefix: str) -> None:
     """Print the images in BUNDLE: source, target, digest, platforms, size."""
     index = open_bundle(bundle).header().index
+    since, left_out = index.extra.get(SINCE), index.extra.get(OMITTED) or []
+    lines = _list_lines(index, prefix)
+    if since:
+        lines.append(
+            f"differential: {len(left_out)} blobs left out, held by "
+            f"{since.get('bundle', 'an earlier bundle')} on the isolated side"
+        )
     emit(
-        {"bundle": bundle, "images": _listing(index, prefix)},
-        _list_lines(index, prefix),
+        {
+            "bundle": bundle,
+            "images": _listing(index, prefix),
+            "since": since,
+            "omittedBlobs": len(left_out),
+        },
+        lines,
     )
 
 

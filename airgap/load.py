@@ -35,6 +35,7 @@ class DockerLoader:
         self.configs: dict[Digest, bytes] = {}
         self.chosen: dict[int, Manifest] = {}
         self._needed: set[Digest] | None = None
+        self.left_out: list[str] = []
         self._pipe = PipeLoad(daemon)
         self._tar = archive.ArchiveWriter(self._pipe.writer, compression="none")
         self._buffer: list[bytes] = []
@@ -74,6 +75,17 @@ class DockerLoader:
         self._pipe.finish()
         return self._check_ids()
 
+    def left_out_error(self) -> IntegrityError | None:
+        """Images asked for but not loaded because a differential bundle left
+        their blobs out: the run must not look like a success."""
+        if not self.left_out:
+            return None
+        return IntegrityError(
+            f"{len(self.left_out)} image(s) not loaded into Docker, a differential "
+            f"bundle left out their blobs: {', '.join(self.left_out)}",
+            "unpack it into the registry that holds them, then docker pull",
+        )
+
     def abort(self) -> None:
         self._tar.abandon()
         self._pipe.abort()
@@ -92,19 +104,17 @@ class DockerLoader:
             self._needed = set()
             left_out = omitted(self.index)
             for record in self.index.images:
+                if any(digest in left_out for digest in record.needs()):
+                    # decided before the platform: a left-out config looks like
+                    # a missing platform otherwise
+                    self.left_out.append(record.target)
+                    continue
                 manifest = docker_manifest(
                     self.manifests, self.configs, record.digest, self.platform
                 )
                 if manifest is None or manifest.config is None:
                     log.info(
                         "%s has no %s image; not loaded", record.target, self.platform
-                    )
-                    continue
-                if any(blob.digest in left_out for blob in manifest.blobs):
-                    log.warning(
-                        "%s not loaded: a differential bundle left out some of its "
-                        "blobs; push it into the registry that holds them instead",
-                        record.target,
                     )
                     continue
                 self.chosen[id(record)] = manifest

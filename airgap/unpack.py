@@ -223,6 +223,10 @@ def unpack(
     )
     if broken or damaged:
         raise UnpackIncomplete(result, damaged)
+    skipped = loader.left_out_error() if loader else None
+    if skipped:
+        skipped.partial = {"loaded": [name for _, name, _ in loaded]}
+        raise skipped
     return result
 
 

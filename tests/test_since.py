@@ -157,3 +157,50 @@ def test_an_index_file_or_a_chain_of_bundles_serves_as_old(setup, cli) -> None:
     assert chained[upstream.base.digest] == "b1.tar.zst"
     assert chained[upstream.app.layers[1].digest] == "b2.tar.zst"
     assert carried(side_index(b3)) == set()
+
+
+@pytest.mark.parametrize("old", ["b1.tar.zst", "b1.index.json", "b1.sha256"])
+def test_since_naming_the_output_bundle_is_refused_and_the_old_one_kept(
+    setup, cli, old: str
+) -> None:
+    _, _, image_list, b1 = setup
+    before = b1.read_bytes()
+
+    result = cli(
+        "pack", str(image_list), "-o", str(b1), "--since", str(b1.parent / old)
+    )
+
+    assert result.exit_code == 2, result
+    assert "names the bundle this pack writes" in result.stderr
+    assert b1.read_bytes() == before
+
+
+def test_list_says_a_bundle_is_differential_and_what_it_needs(
+    setup, tmp_path: Path, cli
+) -> None:
+    _, _, image_list, b1 = setup
+    b2 = tmp_path / "b2.tar.zst"
+    side = pack_since(cli, image_list, b2, b1)
+
+    text = cli("list", str(b2))
+    listed = json.loads(cli("list", str(b2), "--json").stdout)
+
+    assert f"differential: {side['omittedBlobs']} blobs left out" in text.stdout
+    assert listed["omittedBlobs"] == side["omittedBlobs"] > 0
+    assert listed["since"]["bundle"] == "b1.tar.zst"
+
+
+@pytest.mark.docker
+def test_load_of_a_differential_bundle_fails_naming_what_it_left_out(
+    setup, tmp_path: Path, cli, docker_daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DOCKER_HOST", docker_daemon.host)
+    _, _, image_list, b1 = setup
+    b2 = tmp_path / "b2.tar.zst"
+    pack_since(cli, image_list, b2, b1)
+
+    result = cli("unpack", str(b2), "--load")
+
+    assert result.exit_code == 5, result
+    assert "team/tool:2" in result.stderr and "differential" in result.stderr
+    assert "has no linux/amd64 image" not in result.stderr
