@@ -25,7 +25,7 @@ from typing import Any
 import docker.errors
 
 from airgap import archive
-from airgap.bundle import blob_name
+from airgap.bundle import blob_name, docker_archive_entry
 from airgap.copy import docker_manifest
 from airgap.daemon import NAME_RULE, Daemon, is_container_name
 from airgap.descriptor import Digest
@@ -144,11 +144,7 @@ class Bootstrap:
         self, name: str, manifest: Manifest, blob_path: dict[Digest, Path]
     ) -> None:
         assert manifest.config is not None
-        entry = {
-            "Config": blob_name(manifest.config.digest),
-            "RepoTags": [name],
-            "Layers": [blob_name(layer.digest) for layer in manifest.layers],
-        }
+        entry = docker_archive_entry(manifest, [name])
         with tempfile.TemporaryFile() as tar:
             writer = archive.ArchiveWriter(tar, compression="none")
             for desc in [manifest.config, *manifest.layers]:

@@ -26,7 +26,7 @@ from airgap.manifest import OCI_INDEX, Manifest
 from airgap.media import write_side_files
 from airgap.parts import RECOPY_HINT, PartDamaged, PartFile, PartReader, PartWriter
 from airgap.progress import QUIET, Progress
-from airgap.reference import DOCKER_HUB
+from airgap.reference import Reference
 from airgap.streams import ChunkReader, Reader
 
 if TYPE_CHECKING:
@@ -167,13 +167,8 @@ def docker_archive_manifest(
         if any(blob.digest not in carried for blob in manifest.blobs):
             continue
         tag = image.record.target_tag
-        repo_tags = [f"{image.record.target}"] if tag else []
         entries.append(
-            {
-                "Config": blob_name(manifest.config.digest),
-                "RepoTags": repo_tags,
-                "Layers": [blob_name(layer.digest) for layer in manifest.layers],
-            }
+            docker_archive_entry(manifest, [image.record.target] if tag else [])
         )
     return (json.dumps(entries, indent=2) + "\n").encode()
 
@@ -249,10 +244,18 @@ def _write_members(
 
 
 def _source_registry(record: ImageRecord) -> str:
-    first = record.source.split("/", 1)[0]
-    return (
-        first if ("." in first or ":" in first or first == "localhost") else DOCKER_HUB
-    )
+    return Reference.parse(record.source).registry
+
+
+def docker_archive_entry(manifest: Manifest, repo_tags: list[str]) -> dict[str, Any]:
+    """One image of a Docker archive's ``manifest.json``, its files named as in
+    the OCI layout; pack, --load and --start-registry all write these."""
+    assert manifest.config is not None
+    return {
+        "Config": blob_name(manifest.config.digest),
+        "RepoTags": repo_tags,
+        "Layers": [blob_name(layer.digest) for layer in manifest.layers],
+    }
 
 
 # -- reading ------------------------------------------------------------------

@@ -122,7 +122,7 @@ class Resolver:
             entry,
             root,
             source=str(ref),
-            target=entry.target or _default_target(ref.repository, ref.tag, ref.digest),
+            target=entry.target_name,
             registry_image=entry.is_registry_image,
             source_digest=source_digest,
         )
@@ -313,10 +313,6 @@ def _select(index: Manifest, wanted: tuple[Platform, ...], what: str) -> Manifes
     data["manifests"] = [c for i, c in enumerate(children) if i in kept]
     raw = json.dumps(data, indent=3).encode()
     return Manifest.parse(raw, index.media_type or OCI_INDEX)
-
-
-def _default_target(repository: str, tag: str | None, digest: str | None) -> str:
-    return f"{repository}:{tag}" if tag else repository
 
 
 def docker_manifest(

@@ -67,8 +67,7 @@ def resolve_from_docker(entry: ImageEntry, daemon: Daemon, work: Path) -> Resolv
     platform = platform_of_config(config)
     record = ImageRecord(
         source=str(ref),
-        target=entry.target
-        or (f"{ref.repository}:{ref.tag}" if ref.tag else ref.repository),
+        target=entry.target_name,
         digest=manifest.digest,
         media_type=DOCKER_MANIFEST,
         platforms=[str(platform)] if platform else [],

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from airgap import archive
 from airgap.baseline import omitted
-from airgap.bundle import blob_name
+from airgap.bundle import blob_name, docker_archive_entry
 from airgap.copy import docker_manifest
 from airgap.daemon import Daemon, PipeLoad
 from airgap.descriptor import Digest, Platform
@@ -132,15 +132,8 @@ class DockerLoader:
             manifest = self.chosen.get(id(record))
             if manifest is None or manifest.config is None:
                 continue
-            entries.append(
-                {
-                    "Config": blob_name(manifest.config.digest),
-                    "RepoTags": [self.names[id(record)]]
-                    if id(record) in self.names
-                    else [],
-                    "Layers": [blob_name(layer.digest) for layer in manifest.layers],
-                }
-            )
+            name = self.names.get(id(record))
+            entries.append(docker_archive_entry(manifest, [name] if name else []))
         return json.dumps(entries).encode()
 
     def _check_ids(self) -> list[tuple[ImageRecord, str, str]]:
